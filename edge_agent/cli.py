@@ -1,0 +1,182 @@
+"""The `edge-agent` command. Errors meant for users end here as one clear message and an exit status:
+0 ok, 1 a failure while running, 2 bad configuration or arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.config import (
+    DEFAULT_CONFIG_PATH,
+    RUNTIME_CHOICES,
+    TASK_CHOICES,
+    AgentConfig,
+    ConfigError,
+    load_config,
+    parse_config,
+)
+
+logger = logging.getLogger("edge_agent")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(getattr(args, "log_level", None) or "info")
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="On-device TFLite inference daemon.")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent (from a config file, or one pipeline from options)")
+    run.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH})")
+    trial = run.add_argument_group("one-line trial (no config file)")
+    trial.add_argument("--model", help="a .tflite model")
+    trial.add_argument("--source", help="camera index, /dev/videoN, URL, video file, folder, image, GStreamer pipeline or picamera2")
+    trial.add_argument("--task", choices=TASK_CHOICES, default="auto")
+    trial.add_argument("--labels", help="labels file (one per line); default: the model's own")
+    trial.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    trial.add_argument("--broker", default="localhost:1883", help="MQTT broker HOST:PORT (default localhost:1883)")
+    trial.add_argument("--no-mqtt", action="store_true", help="do not publish over MQTT")
+    trial.add_argument("--stdout", action="store_true", help="also print each prediction as a JSON line")
+    trial.add_argument("--device-id", help="device id in topics (default: hostname)")
+    trial.add_argument("--pipeline", default="main", help="pipeline name in topics (default: main)")
+    trial.add_argument("--max-fps", type=float, default=0.0)
+    trial.add_argument("--max-frames", type=int, default=0, help="stop after N processed frames")
+    trial.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
+    trial.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                       help="replay a file/folder/image source (default: images loop, files do not)")
+    trial.add_argument("--state-dir", help="state directory (default: ~/.local/state/edge-agent)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(handler=_run_command)
+
+    inspect = commands.add_parser("inspect", help="show a model's inputs, outputs, operators, labels and task")
+    inspect.add_argument("model")
+    inspect.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=_inspect_command)
+
+    check = commands.add_parser("check-config", help="validate a config file and the files it names")
+    check.add_argument("config", type=Path)
+    check.set_defaults(handler=_check_config_command)
+
+    demo = commands.add_parser("demo", help="run the bundled demo against a local broker and print what arrives")
+    demo.add_argument("--seconds", type=float, default=10.0)
+    demo.add_argument("--broker", default="localhost:1883")
+    demo.set_defaults(handler=_demo_command)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald adds time and unit; elsewhere people want timestamps.
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    logging.getLogger("edge_agent.paho").setLevel(logging.WARNING)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    config = _trial_config(args) if args.model or args.source else load_config(args.config or DEFAULT_CONFIG_PATH)
+    if args.log_level is None:
+        logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
+    from edge_agent.service.agent import Agent
+
+    agent = Agent(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.request_stop())
+    return agent.run()
+
+
+def _trial_config(args: argparse.Namespace) -> AgentConfig:
+    """One pipeline from command-line options, validated like a config file."""
+    from edge_agent.sources import detect_kind
+
+    if not (args.model and args.source):
+        raise ConfigError(["--model and --source go together (or use --config FILE)"], "command line")
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError([f"--broker: expected HOST:PORT, got {args.broker!r}"], "command line")
+    loop = args.loop if args.loop is not None else detect_kind(args.source) == "image"
+    sinks = ([] if args.no_mqtt else ["mqtt"]) + (["stdout"] if args.stdout or args.no_mqtt else [])
+    pipeline = {
+        "model": args.model,
+        "source": {"uri": args.source, "loop": loop},
+        "task": args.task,
+        "runtime": args.runtime,
+        "max_fps": args.max_fps,
+        "max_frames": args.max_frames,
+        "num_threads": args.threads,
+        "sinks": sinks,
+    }
+    if args.labels:
+        pipeline["labels"] = args.labels
+    data = {
+        "device_id": args.device_id or socket.gethostname(),
+        "state_dir": args.state_dir or str(Path.home() / ".local/state/edge-agent"),
+        "mqtt": {"host": host, "port": int(port)},
+        "pipelines": {args.pipeline: pipeline},
+    }
+    return parse_config(data, base_dir=Path.cwd(), source="command line")
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    from edge_agent.runtime import ModelFileError
+    from edge_agent.runtime.report import format_report, inspect_model
+
+    try:
+        report = inspect_model(args.model, args.runtime)
+    except ModelFileError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def _check_config_command(args: argparse.Namespace) -> int:
+    from edge_agent.runtime import ModelFileError, read_model_file
+
+    config = load_config(args.config)
+    problems = []
+    for pipeline in config.pipelines:
+        try:
+            model = read_model_file(pipeline.model)
+        except ModelFileError as err:
+            problems.append(f"pipelines.{pipeline.name}.model: {err}")
+            continue
+        if pipeline.labels and not Path(pipeline.labels).is_file():
+            problems.append(f"pipelines.{pipeline.name}.labels: {pipeline.labels} does not exist")
+        print(f"pipeline {pipeline.name}: model {model.name} ({len(model.content):,} bytes), source {pipeline.source.uri}, "
+              f"sinks {', '.join(pipeline.sinks)}")
+    if problems:
+        raise ConfigError(problems, str(args.config))
+    print(f"{args.config}: OK ({len(config.pipelines)} pipeline(s), device {config.device_id})")
+    return EXIT_OK
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return run_demo(args.broker, args.seconds)

@@ -1,0 +1,143 @@
+"""`edge-agent demo`: the bundled digits model on the bundled video, end to end over MQTT.
+
+Starts mosquitto on the demo's address when nothing listens there, runs the agent as a
+real child process, subscribes to its prediction topic and prints what arrives, checked
+against the video's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from edge_agent.sinks.mqtt import MqttListener
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEVICE_ID = "edge-demo"
+PIPELINE = "digits"
+DEMO_FPS = 20
+
+CONFIG_TEMPLATE = """\
+device_id = "{device}"
+state_dir = "{state_dir}"
+
+[mqtt]
+host = "{host}"
+port = {port}
+state_interval_s = 2
+
+[pipelines.{pipeline}]
+model = "{demo_dir}/digits_int8.tflite"
+labels = "{demo_dir}/labels.txt"
+source = {{ uri = "{demo_dir}/digits-demo.avi" }}
+task = "classification"
+max_fps = {fps}
+top_k = 1
+"""
+
+
+def broker_listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def start_mosquitto(port: int, workdir: Path) -> subprocess.Popen:
+    """A throwaway mosquitto on 127.0.0.1:port; raises RuntimeError with the fix when it cannot."""
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if binary is None:
+        raise RuntimeError("no MQTT broker listens and mosquitto is not installed: `sudo apt install mosquitto` (make demo does it)")
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n")
+    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if broker_listening("127.0.0.1", port):
+            return process
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited: {process.stderr.read().decode(errors='replace').strip()}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"mosquitto did not start listening on port {port}")
+
+
+def run_demo(broker: str, seconds: float) -> int:
+    host, _, port_text = broker.rpartition(":")
+    port = int(port_text)
+    if not (DEMO_DIR / "digits_int8.tflite").exists():
+        print(f"demo files not found in {DEMO_DIR}: run the demo from a checkout of the repository", file=sys.stderr)
+        return 1
+    truth = (DEMO_DIR / "digits-demo.truth.txt").read_text().split()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
+        workdir = Path(tmp)
+        broker_process = None
+        if not broker_listening(host, port):
+            print(f"no broker on {host}:{port}: starting mosquitto for the demo")
+            broker_process = start_mosquitto(port, workdir)
+            host = "127.0.0.1"
+        try:
+            return _watch_agent(host, port, workdir, truth, seconds)
+        finally:
+            if broker_process is not None:
+                broker_process.terminate()
+                broker_process.wait(5)
+
+
+def _watch_agent(host: str, port: int, workdir: Path, truth: list[str], seconds: float) -> int:
+    config = workdir / "agent.toml"
+    config.write_text(CONFIG_TEMPLATE.format(
+        device=DEVICE_ID, state_dir=workdir / "state", host=host, port=port,
+        pipeline=PIPELINE, demo_dir=DEMO_DIR, fps=DEMO_FPS,
+    ))
+    received: list[dict] = []
+    lock = threading.Lock()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        message = json.loads(payload)
+        with lock:
+            received.append(message)
+        top = message["classes"][0] if message.get("classes") else {"label": "-", "score": 0.0}
+        expected = truth[message["frame"] - 1] if 0 < message["frame"] <= len(truth) else "?"
+        mark = "ok" if top["label"] == expected else f"WRONG (truth {expected})"
+        latency = message["latency_ms"]
+        print(f"seq {message['seq']:4d}  digit {top['label']:>2}  score {top['score']:.3f}  "
+              f"inference {latency['inference']:6.2f} ms  total {latency['total']:6.2f} ms  {mark}", flush=True)
+
+    topic = f"edge/{DEVICE_ID}/{PIPELINE}/predictions"
+    listener = MqttListener(host, port, [topic], on_message, client_id=f"edge-demo-watch-{int(time.time())}")
+    listener.start()
+    print(f"subscribed to {topic} on {host}:{port}; starting the agent for {seconds:g} s\n", flush=True)
+    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--log-level", "warning"])
+    try:
+        agent.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+    except KeyboardInterrupt:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+    time.sleep(0.3)  # the last acknowledged messages are still on their way to us
+    listener.stop()
+    with lock:
+        messages = list(received)
+    if not messages:
+        print("no predictions arrived: see the agent's log above", file=sys.stderr)
+        return 1
+    correct = sum(
+        1 for m in messages if m.get("classes") and 0 < m["frame"] <= len(truth) and m["classes"][0]["label"] == truth[m["frame"] - 1]
+    )
+    mean_inference = sum(m["latency_ms"]["inference"] for m in messages) / len(messages)
+    mean_total = sum(m["latency_ms"]["total"] for m in messages) / len(messages)
+    print(f"\n{len(messages)} predictions received, {correct} correct ({100 * correct / len(messages):.1f} %), "
+          f"mean inference {mean_inference:.2f} ms, mean capture-to-publish {mean_total:.2f} ms; agent exit status {agent.returncode}")
+    return 0 if agent.returncode == 0 else 1

@@ -1,0 +1,51 @@
+"""Load hardware delegates (Edge TPU, or any external delegate `.so`) with clear errors.
+
+Device strings for the Edge TPU follow pycoral: "" (first found), "usb", "usb:N", "pci", "pci:N".
+"""
+
+from __future__ import annotations
+
+import platform
+from types import ModuleType
+from typing import Any
+
+from edge_agent.config import DelegateSpec
+
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+EDGETPU_HELP = (
+    "install the Edge TPU runtime (apt package libedgetpu1-std from Coral's repository), "
+    "plug the Coral in (a USB Accelerator shows as 1a6e:089a or 18d1:9302 in `lsusb`), "
+    "make sure the agent's user is in the plugdev group (USB) or that /dev/apex_0 exists (PCIe), "
+    "and pair it with a matching runtime: libedgetpu is built against a specific TensorFlow Lite "
+    "version, so try runtime = \"tflite-runtime\" if LiteRT refuses it"
+)
+
+
+class DelegateError(RuntimeError):
+    """A delegate could not be loaded or applied."""
+
+
+def load_delegate(module: ModuleType, spec: DelegateSpec) -> Any:
+    """Return a loaded delegate object for `spec` (kind != "none"), or raise DelegateError."""
+    if spec.kind == "edgetpu":
+        library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+        options = {"device": spec.device} if spec.device else {}
+        what = f"Edge TPU delegate ({library}, device {spec.device or 'first found'})"
+        hint = EDGETPU_HELP
+    elif spec.kind == "external":
+        library = spec.path
+        options = {key: str(value) for key, value in spec.options.items()}
+        what = f"external delegate {library}"
+        hint = "check that the file exists, is built for this CPU architecture and this runtime version"
+    else:
+        raise DelegateError(f"unknown delegate kind {spec.kind!r}")
+    try:
+        return module.load_delegate(library, options)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise DelegateError(f"{what} could not be loaded: {_first_line(err)}. Fix: {hint}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,75 @@
+"""`edge-agent inspect`: what a model file contains and how the agent would run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_agent.runtime.backends import RuntimeNotAvailable, import_runtime
+from edge_agent.runtime.delegates import DelegateError
+from edge_agent.runtime.model import ModelLoadError, guess_task, load_model_file
+from edge_agent.runtime.tflite_file import read_model_file
+
+
+def inspect_model(path: str | Path, runtime: str = "auto") -> dict:
+    """A JSON-ready description of the model; raises ModelFileError when the file is unusable."""
+    model_file = read_model_file(path)
+    report: dict = {
+        "path": str(model_file.path),
+        "size_bytes": len(model_file.content),
+        "sha256": model_file.sha256,
+        "operators": model_file.operator_counts,
+        "custom_operators": model_file.custom_ops,
+        "needs_edgetpu": model_file.needs_edgetpu,
+        "metadata": list(model_file.metadata_names),
+        "labels": model_file.labels,
+    }
+    try:
+        report["runtime"] = import_runtime(runtime)[0]
+    except RuntimeNotAvailable as err:
+        report["runtime"] = None
+        report["error"] = str(err)
+        return report
+    if model_file.needs_edgetpu:
+        report["task"] = None
+        report["error"] = (
+            "compiled for the Edge TPU: inputs and outputs can only be read with the Edge TPU "
+            "delegate (run it with delegate = \"edgetpu\")"
+        )
+        return report
+    try:
+        loaded = load_model_file(model_file, runtime=runtime, num_threads=1)
+    except (ModelLoadError, DelegateError) as err:
+        report["error"] = str(err)
+        return report
+    report["inputs"] = [spec.describe() for spec in loaded.inputs]
+    report["outputs"] = [spec.describe() for spec in loaded.outputs]
+    report["task"] = guess_task(model_file, loaded.outputs)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The report as text for people."""
+    lines = [
+        f"model     {report['path']}",
+        f"size      {report['size_bytes']:,} bytes   sha256 {report['sha256']}",
+        f"runtime   {report.get('runtime') or 'none available'}",
+        f"task      {report.get('task') or 'unknown'} (guessed)",
+    ]
+    for kind in ("inputs", "outputs"):
+        for spec in report.get(kind, []):
+            quant = spec["quantization"]
+            quant_text = f"scale={quant['scale']:.6g} zero_point={quant['zero_point']}" if quant else "not quantised"
+            lines.append(f"{kind[:-1]:<9} {spec['name']}  {spec['shape']}  {spec['dtype']}  {quant_text}")
+    ops = ", ".join(f"{name}×{count}" for name, count in report["operators"].items())
+    lines.append(f"operators {ops}")
+    if report["custom_operators"]:
+        lines.append(f"custom    {', '.join(report['custom_operators'])}")
+    labels = report.get("labels")
+    if labels:
+        shown = ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else "")
+        lines.append(f"labels    {shown} (from the model's metadata)")
+    else:
+        lines.append("labels    none in the model (pass --labels / labels = ...)")
+    if report.get("error"):
+        lines.append(f"note      {report['error']}")
+    return "\n".join(lines)

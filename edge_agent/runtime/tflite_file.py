@@ -1,0 +1,216 @@
+"""Read what a `.tflite` file says about itself without loading it into a runtime.
+
+A `.tflite` file is a FlatBuffer (schema: tensorflow/lite/schema/schema.fbs). We read
+only the few fields we need (operator codes, operators, metadata names) with a small
+bounds-checked reader, so that a truncated or foreign file gives a clear error and an
+Edge TPU model can be recognised before an interpreter refuses it. Associated files
+(labels) are attached the way the TFLite metadata populator does it: as a zip archive
+appended after the FlatBuffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.runtime.builtin_ops import BUILTIN_OPERATOR_NAMES
+
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+_FILE_IDENTIFIER = b"TFL3"
+_CUSTOM_CODE = 32
+
+
+class ModelFileError(ValueError):
+    """The file is missing, unreadable, not TFLite, or damaged."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """Facts read from a .tflite file: bytes, hash, operators, attached labels."""
+
+    path: Path
+    content: bytes
+    sha256: str
+    operator_counts: dict[str, int]
+    metadata_names: tuple[str, ...]
+    detection_output_roles: dict[int, str]  # tensor index -> boxes/classes/scores/count of the SSD op
+    attached_files: dict[str, bytes] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def custom_ops(self) -> list[str]:
+        return [op for op in self.operator_counts if op not in BUILTIN_OPERATOR_NAMES.values()]
+
+    @property
+    def needs_edgetpu(self) -> bool:
+        return EDGETPU_CUSTOM_OP in self.operator_counts
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Labels from an attached file whose name mentions labels, if any."""
+        for name in sorted(self.attached_files):
+            if "label" in name.lower():
+                return parse_labels(self.attached_files[name].decode("utf-8", "replace"))
+        return None
+
+
+def parse_labels(text: str) -> list[str]:
+    """One label per line; also accepts `0 person` / `0: person` index-prefixed lines."""
+    labels = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, _, rest = line.replace(":", " ", 1).partition(" ")
+        labels.append(rest.strip() if head.isdigit() and rest.strip() else line)
+    return labels
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and check a .tflite file; raise ModelFileError naming the problem and the fix."""
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError as err:
+        raise ModelFileError(f"model file {path} does not exist: check the path in 'model'") from err
+    except IsADirectoryError as err:
+        raise ModelFileError(f"model path {path} is a directory: name the .tflite file itself") from err
+    except OSError as err:
+        raise ModelFileError(f"model file {path} cannot be read ({err.strerror}): check its permissions") from err
+    try:
+        operator_counts, metadata_names, detection_roles = _read_flatbuffer(content)
+    except _Malformed as err:
+        raise ModelFileError(
+            f"{path} is not a valid TFLite model ({err}); it may be truncated or not a .tflite file: "
+            "copy it again or re-export it"
+        ) from None
+    return ModelFile(
+        path=path,
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        operator_counts=operator_counts,
+        metadata_names=metadata_names,
+        detection_output_roles=detection_roles,
+        attached_files=_read_attached_files(content),
+    )
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _FlatBuffer:
+    """Just enough of the FlatBuffers wire format to walk tables, vectors and strings."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def _unpack(self, fmt: str, pos: int) -> int:
+        size = struct.calcsize(fmt)
+        if pos < 0 or pos + size > len(self.data):
+            raise _Malformed(f"offset {pos} beyond the end of the {len(self.data)}-byte file")
+        return struct.unpack_from(fmt, self.data, pos)[0]
+
+    def root(self) -> int:
+        return self._unpack("<I", 0)
+
+    def _field_pos(self, table: int, index: int) -> int | None:
+        vtable = table - self._unpack("<i", table)
+        vtable_size = self._unpack("<H", vtable)
+        slot = 4 + 2 * index
+        if slot >= vtable_size:
+            return None
+        offset = self._unpack("<H", vtable + slot)
+        return table + offset if offset else None
+
+    def scalar(self, table: int, index: int, fmt: str, default: int = 0) -> int:
+        pos = self._field_pos(table, index)
+        return default if pos is None else self._unpack(fmt, pos)
+
+    def _indirect(self, pos: int) -> int:
+        return pos + self._unpack("<I", pos)
+
+    def table(self, table: int, index: int) -> int | None:
+        pos = self._field_pos(table, index)
+        return None if pos is None else self._indirect(pos)
+
+    def string(self, table: int, index: int) -> str | None:
+        pos = self._field_pos(table, index)
+        if pos is None:
+            return None
+        start = self._indirect(pos)
+        length = self._unpack("<I", start)
+        if start + 4 + length > len(self.data):
+            raise _Malformed("string runs past the end of the file")
+        return self.data[start + 4 : start + 4 + length].decode("utf-8", "replace")
+
+    def ints(self, table: int, index: int) -> list[int]:
+        pos = self._field_pos(table, index)
+        if pos is None:
+            return []
+        start = self._indirect(pos)
+        count = self._unpack("<I", start)
+        if start + 4 + 4 * count > len(self.data):
+            raise _Malformed("vector runs past the end of the file")
+        return list(struct.unpack_from(f"<{count}i", self.data, start + 4))
+
+    def tables(self, table: int, index: int) -> list[int]:
+        pos = self._field_pos(table, index)
+        if pos is None:
+            return []
+        start = self._indirect(pos)
+        count = self._unpack("<I", start)
+        if start + 4 + 4 * count > len(self.data):
+            raise _Malformed("vector runs past the end of the file")
+        return [self._indirect(start + 4 + 4 * i) for i in range(count)]
+
+
+_DETECTION_ROLES = ("boxes", "classes", "scores", "count")  # the op's own output order
+
+
+def _read_flatbuffer(content: bytes) -> tuple[dict[str, int], tuple[str, ...], dict[int, str]]:
+    if len(content) < 8:
+        raise _Malformed(f"only {len(content)} bytes")
+    if content[4:8] != _FILE_IDENTIFIER:
+        raise _Malformed("no TFL3 file identifier")
+    fb = _FlatBuffer(content)
+    model = fb.root()
+    op_names = []
+    for code in fb.tables(model, 1):  # Model.operator_codes
+        builtin = max(fb.scalar(code, 0, "<b"), fb.scalar(code, 3, "<i"))
+        if builtin == _CUSTOM_CODE:
+            op_names.append(fb.string(code, 1) or "CUSTOM")
+        else:
+            op_names.append(BUILTIN_OPERATOR_NAMES.get(builtin, f"BUILTIN_{builtin}"))
+    counts: Counter[str] = Counter()
+    subgraphs = fb.tables(model, 2)
+    if not subgraphs:
+        raise _Malformed("no subgraphs")
+    detection_roles: dict[int, str] = {}
+    for number, subgraph in enumerate(subgraphs):
+        for operator in fb.tables(subgraph, 3):
+            index = fb.scalar(operator, 0, "<I")
+            if index >= len(op_names):
+                raise _Malformed(f"operator refers to unknown operator code {index}")
+            counts[op_names[index]] += 1
+            if number == 0 and op_names[index] == DETECTION_POSTPROCESS_OP:
+                detection_roles = dict(zip(fb.ints(operator, 2), _DETECTION_ROLES))
+    metadata = tuple(fb.string(m, 0) or "" for m in fb.tables(model, 6))
+    return dict(counts.most_common()), metadata, detection_roles
+
+
+def _read_attached_files(content: bytes) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return {info.filename: archive.read(info) for info in archive.infolist() if info.file_size < 16 << 20}
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}

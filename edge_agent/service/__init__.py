@@ -1,0 +1,1 @@
+"""The daemon: wires sources, runtime, postprocessing and sinks into running pipelines."""

@@ -1,0 +1,147 @@
+"""A model ready to serve one pipeline: interpreter, preprocessor, labels and decoder together.
+
+Building one does every check that can fail (file, runtime, delegate, input shape, labels,
+task), so a pipeline either starts with a model that works or gets one clear error. A
+pipeline can swap one ActiveModel for another between two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_agent.config import DEFAULT_THRESHOLD, PipelineConfig
+from edge_agent.postprocess import (
+    DecodeError,
+    Quantization,
+    classify,
+    decode_ssd,
+    find_ssd_outputs,
+    ssd_order_from_roles,
+    summarize_raw,
+)
+from edge_agent.preprocess import Geometry, Preprocessor
+from edge_agent.records import ClassScore, Detection, ModelRef
+from edge_agent.runtime import LoadedModel, load_model, parse_labels
+
+logger = logging.getLogger(__name__)
+
+BUFFERS_PER_MODEL = 3  # one being filled, one waiting in the slot, one being invoked
+
+
+class LabelsError(ValueError):
+    """The labels file is missing or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    classes: tuple[ClassScore, ...] = ()
+    detections: tuple[Detection, ...] = ()
+    outputs: tuple[dict, ...] = ()
+
+
+class ActiveModel:
+    """Everything a pipeline needs from its model; immutable once built."""
+
+    def __init__(self, model: LoadedModel, config: PipelineConfig, labels: list[str] | None, version: str = ""):
+        self.model = model
+        self.task = config.task if config.task != "auto" else model.guess_task()
+        self.labels = labels
+        self.ref = ModelRef(model.name, model.sha256, version)
+        self.preprocessor = Preprocessor(model.input, config.preprocess)
+        self._threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD.get(self.task, 0.0)
+        self._top_k = config.top_k
+        self._max_detections = config.max_detections
+        self._names = [spec.name for spec in model.outputs]
+        self._quants = [Quantization(spec.scale, spec.zero_point) for spec in model.outputs]
+        self._decode = self._make_decoder()
+        self._buffers: deque[np.ndarray] = deque()
+        self._lock = threading.Lock()
+
+    def acquire_buffer(self) -> np.ndarray:
+        """An input-shaped buffer to prepare a frame into (reused; allocated only at start)."""
+        with self._lock:
+            if self._buffers:
+                return self._buffers.popleft()
+        return self.preprocessor.new_buffer()
+
+    def release_buffer(self, buffer: np.ndarray) -> None:
+        with self._lock:
+            if len(self._buffers) < BUFFERS_PER_MODEL:
+                self._buffers.append(buffer)
+
+    def decode(self, outputs: list[np.ndarray], geometry: Geometry) -> Decoded:
+        return self._decode(outputs, geometry)
+
+    def _make_decoder(self) -> Callable[[list[np.ndarray], Geometry], Decoded]:
+        outputs = self.model.outputs
+        if self.task == "classification":
+            if len(outputs) != 1:
+                raise DecodeError(
+                    f"task 'classification' needs one output, {self.model.name} has {len(outputs)}: "
+                    "use task = \"detection\" or \"raw\""
+                )
+            quant = self._quants[0]
+            return lambda out, _geometry: Decoded(
+                classes=classify(out[0], quant, self.labels, self._top_k, self._threshold)
+            )
+        if self.task == "detection":
+            roles = [self.model.file.detection_output_roles.get(spec.index, "") for spec in outputs]
+            known_order = ssd_order_from_roles(roles)
+            if known_order is None and len(outputs) != 4:
+                raise DecodeError(
+                    f"task 'detection' expects the 4 outputs of TFLite_Detection_PostProcess; "
+                    f"{self.model.name} has {len(outputs)}: use task = \"raw\""
+                )
+            return lambda out, geometry: Decoded(
+                detections=decode_ssd(
+                    out, known_order or find_ssd_outputs(out, self._names), self.labels,
+                    self._threshold, self._max_detections, geometry.box_transform,
+                )
+            )
+        return lambda out, _geometry: Decoded(outputs=summarize_raw(out, self._names, self._quants))
+
+
+def build_active_model(config: PipelineConfig, model_path: str | None = None, version: str = "") -> ActiveModel:
+    """Load the pipeline's model and check that it fits the pipeline; raise a specific error if not."""
+    model = load_model(
+        model_path or config.model,
+        runtime=config.runtime,
+        num_threads=config.num_threads or None,
+        delegate=config.delegate,
+        on_delegate_failure=config.on_delegate_failure,
+    )
+    labels = load_labels(config.labels) if config.labels else model.file.labels
+    active = ActiveModel(model, config, labels, version)
+    check_labels_fit(active)
+    return active
+
+
+def load_labels(path: str) -> list[str]:
+    try:
+        return parse_labels(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabelsError(f"labels file {path} does not exist: fix 'labels' or remove it to use the model's own labels") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LabelsError(f"labels file {path} cannot be read: {err}") from None
+
+
+def check_labels_fit(active: ActiveModel) -> None:
+    """A classification label list must match the output size (one extra background label is allowed)."""
+    if active.task != "classification" or not active.labels:
+        return
+    classes = int(np.prod(active.model.outputs[0].shape[1:]))
+    if len(active.labels) == classes + 1:  # a leading background/"???" entry, as in many label files
+        active.labels = active.labels[1:]
+        return
+    if len(active.labels) != classes:
+        raise LabelsError(
+            f"the labels have {len(active.labels)} entries but {active.model.name}'s output has {classes} classes: "
+            "use the labels file that belongs to this model"
+        )

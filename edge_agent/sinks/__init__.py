@@ -1,0 +1,18 @@
+"""Where predictions go. Every sink has `name`, `send(prediction, payload_json)` (never blocks
+for long) and `close(timeout_s)`. paho lives in sinks.mqtt, pyserial in sinks.serial."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from edge_agent.records import Prediction
+
+
+class Sink(Protocol):
+    name: str
+
+    def send(self, prediction: Prediction, payload_json: str) -> None: ...
+    def close(self, timeout_s: float) -> None: ...
+
+
+__all__ = ["Sink"]

@@ -1,0 +1,250 @@
+"""MQTT publishing with paho-mqtt 2.x: availability, predictions, state.
+
+Topics (all under `{prefix}/{device}`):
+  status                 retained "online"; Last Will and clean shutdown retained "offline"
+  {pipeline}/predictions one JSON message per processed frame
+  state                  retained JSON, every `state_interval_s`
+
+The client connects in the background and reconnects with capped exponential backoff, so
+an unreachable broker at start never stops capture. Connection changes are logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_agent.config import MqttConfig
+from edge_agent.records import Prediction
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MIN_DELAY_S = 1
+RECONNECT_MAX_DELAY_S = 30
+MAX_QUEUED_MESSAGES = 10_000  # paho holds these in RAM while the broker is away
+MAX_INFLIGHT_MESSAGES = 100
+
+
+class MqttSetupError(ValueError):
+    """The MQTT settings cannot be used (unreadable password or certificate files)."""
+
+
+def read_password(config: MqttConfig) -> str | None:
+    """The password from password_file or password_env; never logged."""
+    if config.password_file:
+        try:
+            return Path(config.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as err:
+            raise MqttSetupError(f"mqtt.password_file {config.password_file} cannot be read: {err.strerror}") from None
+    if config.password_env:
+        value = os.environ.get(config.password_env)
+        if value is None:
+            raise MqttSetupError(f"mqtt.password_env names {config.password_env}, which is not set in the environment")
+        return value
+    return None
+
+
+class MqttPublisher:
+    """One paho client per agent; thread-safe publish from any pipeline."""
+
+    name = "mqtt"
+
+    def __init__(self, config: MqttConfig, device_id: str):
+        self.config = config
+        self.device_id = device_id
+        self.base_topic = f"{config.topic_prefix.rstrip('/')}/{device_id}"
+        self.status_topic = f"{self.base_topic}/status"
+        self.state_topic = f"{self.base_topic}/state"
+        self.connected = threading.Event()
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self._pending: set[int] = set()
+        self._acked_early: set[int] = set()
+        self._lock = threading.Lock()
+        self._all_delivered = threading.Condition(self._lock)
+        self._was_connected = False
+        self._stopping = False
+        self._last_refusal = ""
+        self._client = self._make_client()
+
+    def prediction_topic(self, pipeline: str) -> str:
+        return f"{self.base_topic}/{pipeline}/predictions"
+
+    def _make_client(self) -> mqtt.Client:
+        config = self.config
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or f"edge-agent-{self.device_id}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.enable_logger(logging.getLogger("edge_agent.paho"))
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        password = read_password(config)
+        if config.username or password:
+            client.username_pw_set(config.username or None, password)
+        if config.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=config.tls.ca_file or None,
+                    certfile=config.tls.cert_file or None,
+                    keyfile=config.tls.key_file or None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as err:
+                raise MqttSetupError(f"mqtt.tls: the CA or client certificate files cannot be used: {err}") from None
+            client.tls_insecure_set(config.tls.insecure)
+        client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
+        client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; returns at once even when the broker is away."""
+        logger.info("connecting to MQTT broker %s:%d as %s", self.config.host, self.config.port, self.device_id)
+        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: str | bytes, qos: int | None = None, retain: bool = False) -> bool:
+        """Queue a message; False when paho refused it (its queue is full)."""
+        qos = self.config.qos if qos is None else qos
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        offline_qos0 = qos == 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN  # paho drops these
+        if offline_qos0 or info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            with self._lock:
+                self.dropped += 1
+            return False
+        with self._lock:
+            self.published += 1
+            if qos == 0:
+                self.delivered += 1
+            elif info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+                self.delivered += 1
+            else:
+                self._pending.add(info.mid)
+        return True
+
+    def send(self, prediction: Prediction, payload_json: str) -> None:
+        """Sink interface: publish one prediction on its pipeline's topic."""
+        self.publish(self.prediction_topic(prediction.pipeline), payload_json)
+
+    def close(self, timeout_s: float) -> None:
+        self.stop(timeout_s)
+
+    def publish_state(self, state_json: str) -> None:
+        self.publish(self.state_topic, state_json, qos=1, retain=True)
+
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """Wait until every QoS>0 message published so far is acknowledged by the broker."""
+        deadline = time.monotonic() + timeout_s
+        with self._all_delivered:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._all_delivered.wait(min(remaining, 0.1))
+        return True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def stop(self, timeout_s: float) -> None:
+        """Deliver what is pending (bounded), publish retained "offline", disconnect."""
+        deadline = time.monotonic() + timeout_s
+        self._stopping = True
+        if self.pending and not self.connected.is_set():
+            # a batch run that finished while the broker was away: give it until the deadline
+            self.connected.wait(max(0.0, deadline - time.monotonic()))
+        if self.connected.is_set():
+            self.wait_delivered(max(0.0, deadline - time.monotonic()))
+            self.publish(self.status_topic, "offline", qos=1, retain=True)
+            self.wait_delivered(max(0.1, deadline - time.monotonic()))
+        if self.pending:
+            logger.warning("MQTT broker %s:%d: %d messages were not delivered before shutdown_timeout_s",
+                           self.config.host, self.config.port, self.pending)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # paho callbacks run on paho's network thread
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            text = str(reason_code)
+            if text != self._last_refusal:
+                self._last_refusal = text
+                logger.error(
+                    "MQTT broker %s:%d refused the connection: %s (check mqtt.username / password); retrying",
+                    self.config.host, self.config.port, text,
+                )
+            return
+        self._last_refusal = ""
+        logger.info("MQTT broker %s:%d %s", self.config.host, self.config.port,
+                    "back" if self._was_connected else "connected")
+        self._was_connected = True
+        self.connected.set()
+        self.publish(self.status_topic, "online", qos=1, retain=True)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            if self._stopping:
+                return
+            logger.warning("MQTT broker %s:%d lost (%s); reconnecting with backoff up to %d s",
+                           self.config.host, self.config.port, reason_code, RECONNECT_MAX_DELAY_S)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self.delivered += 1
+                if not self._pending:
+                    self._all_delivered.notify_all()
+            else:
+                self._acked_early.add(mid)
+
+
+class MqttListener:
+    """A small subscriber for the tools that watch the agent (demo, bench, push)."""
+
+    def __init__(self, host: str, port: int, topics: list[str], on_message, client_id: str = ""):
+        self._topics = topics
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *args: self._subscribed.set()
+        self._client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+        self._host, self._port = host, port
+
+    def start(self, timeout_s: float = 5.0) -> None:
+        """Connect and subscribe; raise ConnectionError if the broker does not answer in time."""
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+        except OSError as err:
+            raise ConnectionError(f"cannot reach the MQTT broker at {self._host}:{self._port}: {err}") from err
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.stop()
+            raise ConnectionError(f"the MQTT broker at {self._host}:{self._port} did not confirm the subscription")
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe([(topic, 1) for topic in self._topics])

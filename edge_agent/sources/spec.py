@@ -1,0 +1,58 @@
+"""How a source string is recognised: camera index, device, URL, pipeline, folder, image or file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from edge_agent.config import SOURCE_KINDS, SourceSpec
+
+LIVE_KINDS = frozenset({"camera", "v4l2", "stream", "gstreamer", "picamera2"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+_PICAMERA = re.compile(r"^picamera2?(:(\d+))?$")
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened or stopped delivering frames."""
+
+
+def source_kind(spec: SourceSpec) -> str:
+    """The spec's kind, recognised from its URI when the kind is "auto"."""
+    return spec.kind if spec.kind != "auto" else detect_kind(spec.uri)
+
+
+def is_live(spec: SourceSpec) -> bool:
+    """Live sources (cameras, streams) drop old frames and reconnect; files end."""
+    return source_kind(spec) in LIVE_KINDS
+
+
+def detect_kind(uri: str) -> str:
+    """Recognise a source string: camera index, /dev/video*, URL, pipeline, folder, image, video file."""
+    text = uri.strip()
+    if text.isdigit():
+        return "camera"
+    if _PICAMERA.match(text):
+        return "picamera2"
+    if text.lower().startswith(STREAM_SCHEMES):
+        return "stream"
+    if "!" in text:
+        return "gstreamer"
+    if text.startswith("/dev/"):
+        return "v4l2"
+    path = Path(text)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    return "file"
+
+
+def picamera_index(uri: str) -> int:
+    match = _PICAMERA.match(uri.strip())
+    return int(match.group(2)) if match and match.group(2) else 0
+
+
+def redact_url(uri: str) -> str:
+    """The URI with any password removed, for logs (rtsp://user:secret@cam → rtsp://user:***@cam)."""
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", uri)
