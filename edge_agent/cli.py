@@ -81,6 +81,16 @@ def _make_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(handler=_check_config_command)
 
+    bench = commands.add_parser("bench", help="measure interpreter, agent end to end, plain loop, latency, RSS, start-up")
+    bench.add_argument("--model", help="a .tflite model (default: models/bench/mobilenet_v2_int8.tflite, else the demo model)")
+    bench.add_argument("--source", help="video file, folder or stream (default: a generated 640x480 MJPG video)")
+    bench.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
+    bench.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    bench.add_argument("--broker", help="HOST:PORT of a broker to use (default: start a private mosquitto)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_bench_command)
+
     demo = commands.add_parser("demo", help="run the bundled demo against a local broker and print what arrives")
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--broker", default="localhost:1883")
@@ -173,6 +183,20 @@ def _check_config_command(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems, str(args.config))
     print(f"{args.config}: OK ({len(config.pipelines)} pipeline(s), device {config.device_id})")
+    return EXIT_OK
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    from edge_agent.benchmark import BenchOptions, format_results, run_bench
+
+    options = BenchOptions(args.model or "", args.source or "", args.threads, args.seconds, args.runtime, args.broker or "")
+    progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    try:
+        results = run_bench(options, progress)
+    except (FileNotFoundError, RuntimeError, ConnectionError) as err:
+        print(f"edge-agent bench: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(results) if args.json else "\n" + format_results(results))
     return EXIT_OK
 
 

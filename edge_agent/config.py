@@ -148,6 +148,8 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError([f"{path} does not exist: pass --config PATH or create it"], str(path)) from None
     except OSError as err:
         raise ConfigError([f"{path} cannot be read: {err.strerror}"], str(path)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8"], str(path)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -267,14 +269,16 @@ def _parse_pipeline(name: str, table: _Table) -> PipelineConfig:
 
 def _parse_source(table: _Table) -> SourceSpec:
     value = table.data.get("source")
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
         table.consume("source")
         return SourceSpec(uri=table.source_uri(str(value)))
     if not isinstance(value, dict):
-        table.errors.append(
-            f"{table.key('source')}: required: a string (camera index, /dev/videoN, URL, file, folder, image, "
-            "GStreamer pipeline, picamera2) or a table with uri = ..."
+        expected = (
+            "a string (camera index, /dev/videoN, URL, file, folder, image, GStreamer pipeline, picamera2) "
+            "or a table with uri = ..."
         )
+        problem = f"required: {expected}" if value is None else f"expected {expected}, got {value!r}"
+        table.errors.append(f"{table.key('source')}: {problem}")
         table.consume("source")
         return SourceSpec(uri="")
     source = table.table("source")

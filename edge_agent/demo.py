@@ -8,16 +8,16 @@ against the video's ground truth.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
+from edge_agent.local_broker import BrokerUnavailable, LocalBroker, broker_listening
 from edge_agent.sinks.mqtt import MqttListener
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -44,33 +44,6 @@ top_k = 1
 """
 
 
-def broker_listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def start_mosquitto(port: int, workdir: Path) -> subprocess.Popen:
-    """A throwaway mosquitto on 127.0.0.1:port; raises RuntimeError with the fix when it cannot."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if binary is None:
-        raise RuntimeError("no MQTT broker listens and mosquitto is not installed: `sudo apt install mosquitto` (make demo does it)")
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n")
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if broker_listening("127.0.0.1", port):
-            return process
-        if process.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {process.stderr.read().decode(errors='replace').strip()}")
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"mosquitto did not start listening on port {port}")
-
-
 def run_demo(broker: str, seconds: float) -> int:
     host, _, port_text = broker.rpartition(":")
     port = int(port_text)
@@ -78,19 +51,16 @@ def run_demo(broker: str, seconds: float) -> int:
         print(f"demo files not found in {DEMO_DIR}: run the demo from a checkout of the repository", file=sys.stderr)
         return 1
     truth = (DEMO_DIR / "digits-demo.truth.txt").read_text().split()
-    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
-        workdir = Path(tmp)
-        broker_process = None
+    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp, ExitStack() as stack:
         if not broker_listening(host, port):
             print(f"no broker on {host}:{port}: starting mosquitto for the demo")
-            broker_process = start_mosquitto(port, workdir)
-            host = "127.0.0.1"
-        try:
-            return _watch_agent(host, port, workdir, truth, seconds)
-        finally:
-            if broker_process is not None:
-                broker_process.terminate()
-                broker_process.wait(5)
+            try:
+                broker = stack.enter_context(LocalBroker(port))
+            except BrokerUnavailable as err:
+                print(f"edge-agent demo: {err}", file=sys.stderr)
+                return 1
+            host = broker.host
+        return _watch_agent(host, port, Path(tmp), truth, seconds)
 
 
 def _watch_agent(host: str, port: int, workdir: Path, truth: list[str], seconds: float) -> int:

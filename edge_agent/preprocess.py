@@ -41,7 +41,7 @@ class Preprocessor:
         self.height, self.width, self.channels = image_input_size(spec)
         self._lut = _value_lut(spec, options, self.channels)
         self._geometry_cache: dict[tuple[int, int], Geometry] = {}
-        self._resized: np.ndarray | None = None
+        self._scratch: dict[str, np.ndarray] = {}
         self._last_geometry: Geometry | None = None
         self._converted = np.empty((self.height, self.width, self.channels), np.uint8)
         self._canvas = np.full((self.height, self.width, self.channels), LETTERBOX_PAD_PIXEL, np.uint8)
@@ -58,21 +58,37 @@ class Preprocessor:
             self._last_geometry = geometry
         (cy0, cy1, cx0, cx1), (ry0, ry1, rx0, rx1) = geometry.crop, geometry.region
         source = image[cy0:cy1, cx0:cx1]
-        size = (rx1 - rx0, ry1 - ry0)
-        if self._resized is None or self._resized.shape[:2] != (size[1], size[0]):
-            self._resized = np.empty((size[1], size[0], 3), np.uint8)
-        interpolation = cv2.INTER_AREA if source.shape[0] > size[1] else cv2.INTER_LINEAR
-        cv2.resize(source, size, dst=self._resized, interpolation=interpolation)
+        resized = self._resize(source, rx1 - rx0, ry1 - ry0)
         target = self._canvas if (ry1 - ry0, rx1 - rx0) != (self.height, self.width) else self._converted
-        region = target[ry0:ry1, rx0:rx1]
         if self.channels == 1:
-            region[..., 0] = cv2.cvtColor(self._resized, cv2.COLOR_BGR2GRAY)
+            gray = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY, dst=self._buffer("gray", resized.shape[:2]))
+            target[ry0:ry1, rx0:rx1, 0] = gray
+        elif target is self._converted and self.options.color == "rgb":
+            cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=target)
         elif self.options.color == "rgb":
-            region[...] = self._resized[..., ::-1]
+            target[ry0:ry1, rx0:rx1] = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=self._buffer("rgb", resized.shape))
         else:
-            region[...] = self._resized
+            target[ry0:ry1, rx0:rx1] = resized
         self._apply_lut(target, out.reshape(self.height, self.width, self.channels))
         return geometry
+
+    def _resize(self, source: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Downscale in two steps: an integer-factor INTER_AREA (fast and anti-aliased), then
+        INTER_LINEAR for the rest; a plain INTER_AREA at a fractional factor costs ~7x more."""
+        factor = min(source.shape[0] // height, source.shape[1] // width)
+        if factor >= 2:
+            step = (source.shape[1] // factor, source.shape[0] // factor)
+            source = cv2.resize(source, step, dst=self._buffer("area", (step[1], step[0], 3)), interpolation=cv2.INTER_AREA)
+        if source.shape[:2] == (height, width):
+            return source
+        return cv2.resize(source, (width, height), dst=self._buffer("resized", (height, width, 3)), interpolation=cv2.INTER_LINEAR)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A scratch array kept between frames (re-made only when the frame size changes)."""
+        buffer = self._scratch.get(name)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._scratch[name] = np.empty(shape, np.uint8)
+        return buffer
 
     def geometry_for(self, frame_height: int, frame_width: int) -> Geometry:
         key = (frame_height, frame_width)
@@ -81,12 +97,10 @@ class Preprocessor:
         return self._geometry_cache[key]
 
     def _apply_lut(self, pixels: np.ndarray, out: np.ndarray) -> None:
-        if self._lut.ndim == 1:
-            cv2.LUT(pixels.reshape(self.height, self.width * self.channels), self._lut,
-                    dst=out.reshape(self.height, self.width * self.channels))
-        else:  # per-channel mean/std
-            for c in range(self.channels):
-                np.take(self._lut[:, c], pixels[..., c], out=out[..., c])
+        # A [256] table serves every channel; a per-channel table is passed as a 256x1
+        # C-channel image, which cv2.LUT applies channel by channel (np.take with out=
+        # into a strided view would allocate a temporary per frame).
+        cv2.LUT(pixels, self._lut, dst=out)
 
 
 def image_input_size(spec: TensorSpec) -> tuple[int, int, int]:
@@ -122,7 +136,7 @@ def _value_lut(spec: TensorSpec, options: PreprocessOptions, channels: int) -> n
         table = (table - (128 if spec.dtype == np.int8 else 0)).astype(spec.dtype)
     if np.all(table == table[:, :1]):
         return np.ascontiguousarray(table[:, 0])
-    return np.ascontiguousarray(table)
+    return np.ascontiguousarray(table.reshape(256, 1, channels))
 
 
 def _per_channel(values: tuple[float, ...], channels: int, name: str) -> np.ndarray:

@@ -240,3 +240,91 @@ def numbered_frames(count: int, size: tuple[int, int] = (120, 160)) -> list[np.n
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class MjpegServer:
+    """A real HTTP MJPEG camera on 127.0.0.1 (multipart/x-mixed-replace JPEGs at `fps`). Frame n is
+    `numbered_frames` frame n % 25, so its top rows have brightness (n % 25) * 10. Tests can stall it
+    (connections stay open, nothing more is sent), stop it, and start it again on the same port."""
+
+    PERIOD = 25
+
+    def __init__(self, fps: float = 30.0):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.fps = fps
+        self.port = free_port()
+        self.sent = 0
+        self._jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in numbered_frames(self.PERIOD)]
+        self._stalled = threading.Event()
+        self._stopping = threading.Event()
+        self._server_class = ThreadingHTTPServer
+        self._server = None
+        self._thread: threading.Thread | None = None
+        camera = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # a client that stops reading cannot block stop() for ever
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                while not camera._stopping.wait(1.0 / camera.fps):
+                    if camera._stalled.is_set():
+                        continue
+                    jpeg = camera._jpegs[camera.sent % camera.PERIOD]
+                    part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                    try:
+                        self.wfile.write(part + jpeg + b"\r\n")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    camera.sent += 1
+
+        self._handler = Handler
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> "MjpegServer":
+        self._stopping.clear()
+        self._stalled.clear()
+        self._server = self._server_class(("127.0.0.1", self.port), self._handler)
+        self._server.daemon_threads = False  # so server_close() joins every connection's thread
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="mjpeg-server")
+        self._thread.start()
+        return self
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def resume(self) -> None:
+        self._stalled.clear()
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection (clients see the stream end)."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+        self._server = None
+
+
+@pytest.fixture
+def mjpeg_server():
+    """A started MjpegServer at 30 fps, stopped after the test."""
+    server = MjpegServer().start()
+    yield server
+    server.stop()
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """The number (mod 25) of a `numbered_frames` frame, read from the brightness of its top rows."""
+    return round(float(frame[:30].mean()) / 10) % 25

@@ -5,6 +5,7 @@ Device strings for the Edge TPU follow pycoral: "" (first found), "usb", "usb:N"
 
 from __future__ import annotations
 
+import ctypes
 import platform
 from types import ModuleType
 from typing import Any
@@ -41,9 +42,20 @@ def load_delegate(module: ModuleType, spec: DelegateSpec) -> Any:
     else:
         raise DelegateError(f"unknown delegate kind {spec.kind!r}")
     try:
+        # Check the library before the runtime's Delegate() sees it: when that constructor fails
+        # half-way, its __del__ prints an "Exception ignored ... AttributeError" traceback.
+        _check_delegate_library(library)
         return module.load_delegate(library, options)
     except (ValueError, OSError, RuntimeError) as err:
         raise DelegateError(f"{what} could not be loaded: {_first_line(err)}. Fix: {hint}") from err
+
+
+def _check_delegate_library(library: str) -> None:
+    """Raise OSError unless `library` opens and exports the external-delegate entry points."""
+    handle = ctypes.CDLL(library)
+    for symbol in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate"):
+        if not hasattr(handle, symbol):
+            raise OSError(f"{library} is not a TFLite delegate (it has no {symbol} function)")
 
 
 def _first_line(err: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import zipfile
 from collections import Counter
@@ -24,6 +25,8 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 _FILE_IDENTIFIER = b"TFL3"
 _CUSTOM_CODE = 32
+_INDEXED_LABEL = re.compile(r"^(\d+)(?:\s*:\s*|\s+)(\S.*)$")
+_MAX_LABEL_INDEX = 100_000  # larger "indexes" are part of the label text, not positions
 
 
 class ModelFileError(ValueError):
@@ -64,14 +67,25 @@ class ModelFile:
 
 
 def parse_labels(text: str) -> list[str]:
-    """One label per line; also accepts `0 person` / `0: person` index-prefixed lines."""
-    labels = []
+    """One label per line, or `0 person` / `0: person` / `0<TAB>person` lines placed at their index.
+
+    When every line has an index, the index decides the position (as pycoral's read_label_file
+    does): Coral's COCO label files skip unused ids, and reading them in line order would shift
+    every later label. Ids a file skips are labelled with their number.
+    """
+    entries = []
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
-        head, _, rest = line.replace(":", " ", 1).partition(" ")
-        labels.append(rest.strip() if head.isdigit() and rest.strip() else line)
+        match = _INDEXED_LABEL.match(line)
+        entries.append((int(match[1]), match[2].strip()) if match else (None, line))
+    indexes = [index for index, _ in entries]
+    if not entries or None in indexes or max(indexes) > _MAX_LABEL_INDEX:
+        return [label for _, label in entries]
+    labels = [str(i) for i in range(max(indexes) + 1)]
+    for index, label in entries:
+        labels[index] = label
     return labels
 
 
@@ -153,15 +167,17 @@ class _FlatBuffer:
             raise _Malformed("string runs past the end of the file")
         return self.data[start + 4 : start + 4 + length].decode("utf-8", "replace")
 
-    def ints(self, table: int, index: int) -> list[int]:
+    def ints(self, table: int, index: int, size_only: bool = False) -> list[int]:
+        """A vector of int32 (or, with size_only, just a bounds check of a byte vector)."""
         pos = self._field_pos(table, index)
         if pos is None:
             return []
         start = self._indirect(pos)
         count = self._unpack("<I", start)
-        if start + 4 + 4 * count > len(self.data):
+        width = 1 if size_only else 4
+        if start + 4 + width * count > len(self.data):
             raise _Malformed("vector runs past the end of the file")
-        return list(struct.unpack_from(f"<{count}i", self.data, start + 4))
+        return [] if size_only else list(struct.unpack_from(f"<{count}i", self.data, start + 4))
 
     def tables(self, table: int, index: int) -> list[int]:
         pos = self._field_pos(table, index)
@@ -204,8 +220,23 @@ def _read_flatbuffer(content: bytes) -> tuple[dict[str, int], tuple[str, ...], d
             counts[op_names[index]] += 1
             if number == 0 and op_names[index] == DETECTION_POSTPROCESS_OP:
                 detection_roles = dict(zip(fb.ints(operator, 2), _DETECTION_ROLES))
+    _check_buffers(fb, model)
     metadata = tuple(fb.string(m, 0) or "" for m in fb.tables(model, 6))
     return dict(counts.most_common()), metadata, detection_roles
+
+
+def _check_buffers(fb: _FlatBuffer, model: int) -> None:
+    """Every weight buffer must lie inside the file: tflite-runtime 2.14 reads past the end of a
+    truncated model and can crash the whole process instead of raising."""
+    size = len(fb.data)
+    for number, subgraph in enumerate(fb.tables(model, 2)):
+        if len(fb.tables(subgraph, 0)) == 0:  # SubGraph.tensors
+            raise _Malformed(f"subgraph {number} has no tensors")
+    for buffer in fb.tables(model, 4):  # Model.buffers
+        fb.ints(buffer, 0, size_only=True)  # Buffer.data: a bounds-checked [ubyte]
+        offset, length = fb.scalar(buffer, 1, "<Q"), fb.scalar(buffer, 2, "<Q")
+        if offset and offset + length > size:  # weights stored after the flatbuffer (large models)
+            raise _Malformed(f"a weight buffer ends at byte {offset + length}, past the end of the {size}-byte file")
 
 
 def _read_attached_files(content: bytes) -> dict[str, bytes]:

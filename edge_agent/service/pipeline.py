@@ -25,15 +25,15 @@ from edge_agent.preprocess import Geometry
 from edge_agent.records import Prediction
 from edge_agent.service.active_model import ActiveModel
 from edge_agent.service.handoff import FrameSlot
+from edge_agent.service.source_health import SourceHealth
 from edge_agent.sinks import Sink
 from edge_agent.sources import SourceError, is_live, make_source
 
 logger = logging.getLogger(__name__)
 
-RECONNECT_MIN_DELAY_S = 0.25
-RECONNECT_MAX_DELAY_S = 2.0  # a camera that comes back is in use again within ~2 s
 RESULT_QUEUE_SIZE = 4
 POLL_S = 0.2
+INLINE_BELOW_INVOKE_MS = 0.2
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Pipeline:
         self.sinks = sinks
         self.live = is_live(config.source)
         self.status = "starting"
-        self.source_state = "connecting"
         self.error = ""
+        self.source_health: SourceHealth | None = None
         self.frames_captured = 0
         self.frames_processed = 0
         self.frames_published = 0
@@ -76,7 +76,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._seq = 0
-        self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
+        self._fps_mark = (0, time.monotonic())
+        self._failing_sinks: set[str] = set()
+        # Overlapping stages pays only when invoke outlasts a thread hand-off; for tiny models
+        # (sensor-rate use) one thread doing everything is faster.
+        self.inline = active.invoke_ms < INLINE_BELOW_INVOKE_MS  # frames processed and when, at the last snapshot
         self._threads = [
             threading.Thread(target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True),
             threading.Thread(target=self._guard(self._inference_loop), name=f"{self.name}-inference", daemon=True),
@@ -144,10 +148,10 @@ class Pipeline:
 
     def _capture_loop(self) -> None:
         source = make_source(self.config.source)
+        health = self.source_health = SourceHealth(self.name, source.description, self.live)
         interval_s = 1.0 / self.config.max_fps if self.config.max_fps else 0.0
         next_due = 0.0
         opened = False
-        delay_s = RECONNECT_MIN_DELAY_S
         index = 0
         try:
             while not self._stop.is_set():
@@ -156,30 +160,24 @@ class Pipeline:
                         source.open()
                     except SourceError as err:
                         if not self.live:
-                            self._fail(str(err))
                             logger.error("pipeline %s: %s", self.name, err)
+                            self._fail(str(err))
                             return
-                        if self.source_state != "lost":
-                            logger.error("pipeline %s: %s; retrying with backoff up to %g s", self.name, err, RECONNECT_MAX_DELAY_S)
-                            self.source_state, self.error = "lost", str(err)
-                        self._stop.wait(delay_s)
-                        delay_s = min(delay_s * 2, RECONNECT_MAX_DELAY_S)
+                        self._stop.wait(health.failed(str(err)))
                         continue
-                    opened, delay_s = True, RECONNECT_MIN_DELAY_S
-                    if self.source_state == "lost":
-                        logger.info("pipeline %s: %s back", self.name, source.description)
-                    self.source_state, self.error = "live" if self.live else "playing", ""
+                    opened = True
+                    health.opened()
                 try:
                     image = source.read()
                 except SourceError as err:
-                    logger.warning("pipeline %s: %s; reconnecting", self.name, err)
-                    self.source_state, self.error = "lost", str(err)
                     source.close()
                     opened = False
+                    self._stop.wait(health.failed(str(err)))
                     continue
                 if image is None:
-                    self.source_state = "ended"
+                    health.ended()
                     return
+                health.frame_arrived()
                 captured_mono = time.monotonic()
                 captured_at = time.time()
                 self.frames_captured += 1
@@ -190,11 +188,18 @@ class Pipeline:
                             continue  # a camera keeps its own pace: skip this frame
                         self._stop.wait(next_due - captured_mono)
                         captured_mono, captured_at = time.monotonic(), time.time()
-                    next_due = max(next_due + interval_s, captured_mono) if next_due else captured_mono + interval_s
+                    # keep the average rate, but after a stall start the spacing again from now
+                    late_s = captured_mono - next_due
+                    next_due = next_due + interval_s if next_due and late_s < interval_s else captured_mono + interval_s
                 active = self._active
                 buffer = active.acquire_buffer()
                 geometry = active.preprocessor.prepare(image, buffer)
                 prepared = PreparedFrame(active, buffer, geometry, index, captured_at, captured_mono)
+                if self.inline:
+                    self._publish(self._infer(prepared))
+                    if self.config.max_frames and self.frames_processed >= self.config.max_frames:
+                        return
+                    continue
                 leftover = self._slot.put(prepared)
                 if leftover is not None:
                     leftover.active.release_buffer(leftover.buffer)
@@ -203,6 +208,8 @@ class Pipeline:
             self._slot.finish()
 
     def _inference_loop(self) -> None:
+        if self.inline:
+            return
         max_frames = self.config.max_frames
         try:
             while True:
@@ -211,12 +218,7 @@ class Pipeline:
                     if self._slot.closed or self._stop.is_set():
                         return
                     continue
-                started = time.perf_counter()
-                outputs = frame.active.model.run(frame.buffer)
-                inference_ms = (time.perf_counter() - started) * 1000.0
-                frame.active.release_buffer(frame.buffer)
-                self._results.put(Inferred(frame, outputs, inference_ms))
-                self.frames_processed += 1
+                self._results.put(self._infer(frame))
                 if max_frames and self.frames_processed >= max_frames:
                     self._stop.set()
                     leftover = self._slot.close()
@@ -226,55 +228,69 @@ class Pipeline:
         finally:
             self._results.put(None)
 
+    def _infer(self, frame: PreparedFrame) -> Inferred:
+        started = time.perf_counter()
+        outputs = frame.active.model.run(frame.buffer)
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        frame.active.release_buffer(frame.buffer)
+        self.frames_processed += 1
+        return Inferred(frame, outputs, inference_ms)
+
     def _output_loop(self) -> None:
-        failing: set[str] = set()
+        if self.inline:
+            return
         while True:
             item = self._results.get()
             if item is None:
                 return
-            frame = item.frame
-            active = frame.active
-            decoded = active.decode(item.outputs, frame.geometry)
-            self._seq += 1
-            prediction = Prediction(
-                device=self.device_id,
-                pipeline=self.name,
-                seq=self._seq,
-                ts=frame.captured_at,
-                model=active.ref,
-                task=active.task,
-                inference_ms=item.inference_ms,
-                total_ms=(time.monotonic() - frame.captured_mono) * 1000.0,
-                classes=decoded.classes,
-                detections=decoded.detections,
-                outputs=decoded.outputs,
-                frame_index=frame.index,
-            )
-            payload = json.dumps(prediction.to_payload(), separators=(",", ":"))
-            for sink in self.sinks:
-                try:
-                    sink.send(prediction, payload)
-                    failing.discard(sink.name)
-                except Exception:  # a sink's bug must not stop the others
-                    self.sink_errors += 1
-                    if sink.name not in failing:
-                        failing.add(sink.name)
-                        logger.exception("pipeline %s: sink %s failed", self.name, sink.name)
-            self.frames_published += 1
-            if self.first_published_mono is None:
-                self.first_published_mono = time.monotonic()
+            self._publish(item)
+
+    def _publish(self, item: Inferred) -> None:
+        """Decode, build the payload once, hand it to every sink."""
+        frame = item.frame
+        active = frame.active
+        decoded = active.decode(item.outputs, frame.geometry)
+        self._seq += 1
+        prediction = Prediction(
+            device=self.device_id,
+            pipeline=self.name,
+            seq=self._seq,
+            ts=frame.captured_at,
+            model=active.ref,
+            task=active.task,
+            inference_ms=item.inference_ms,
+            total_ms=(time.monotonic() - frame.captured_mono) * 1000.0,
+            classes=decoded.classes,
+            detections=decoded.detections,
+            outputs=decoded.outputs,
+            frame_index=frame.index,
+        )
+        payload = json.dumps(prediction.to_payload(), separators=(",", ":"))
+        for sink in self.sinks:
+            try:
+                sink.send(prediction, payload)
+                self._failing_sinks.discard(sink.name)
+            except Exception:  # a sink's bug must not stop the others
+                self.sink_errors += 1
+                if sink.name not in self._failing_sinks:
+                    self._failing_sinks.add(sink.name)
+                    logger.exception("pipeline %s: sink %s failed", self.name, sink.name)
+        self.frames_published += 1
+        if self.first_published_mono is None:
+            self.first_published_mono = time.monotonic()
 
     # --- reporting ---------------------------------------------------------------
     def snapshot(self) -> dict:
         """Counters and identity for the state topic; fps is measured since the previous snapshot."""
-        active = self._active
+        active, health = self._active, self.source_health
         now, processed = time.monotonic(), self.frames_processed
         frames_then, then = self._fps_mark
         self._fps_mark = (processed, now)
         return {
             "fps": round((processed - frames_then) / max(now - then, 1e-6), 2),
             "status": self.status,
-            "source": {"state": self.source_state, "live": self.live},
+            "source": {"state": health.state if health else "connecting", "live": self.live,
+                       "error": health.error if health else ""},
             "frames_captured": self.frames_captured,
             "frames_processed": self.frames_processed,
             "frames_published": self.frames_published,

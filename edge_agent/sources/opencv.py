@@ -15,6 +15,10 @@ logger = logging.getLogger(__name__)
 
 _RTSP_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
+# Capture and preprocessing run on one thread beside the interpreter's; OpenCV's own worker
+# threads would only take cores from invoke().
+cv2.setNumThreads(1)
+
 
 def opencv_has_gstreamer() -> bool:
     info = cv2.getBuildInformation()

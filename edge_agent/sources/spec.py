@@ -11,6 +11,11 @@ LIVE_KINDS = frozenset({"camera", "v4l2", "stream", "gstreamer", "picamera2"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 _PICAMERA = re.compile(r"^picamera2?(:(\d+))?$")
+# FFmpeg splits user:password@host at the LAST "@" of the authority, so a raw "@" in a password
+# works for the camera; redact up to that same "@" or part of the password would reach the logs.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*@")
+# Many HTTP cameras take credentials as query parameters (…/video.cgi?user=admin&pwd=secret).
+_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pass|pwd)=)[^&;#]*", re.IGNORECASE)
 
 
 class SourceError(RuntimeError):
@@ -55,4 +60,5 @@ def picamera_index(uri: str) -> int:
 
 def redact_url(uri: str) -> str:
     """The URI with any password removed, for logs (rtsp://user:secret@cam → rtsp://user:***@cam)."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", uri)
+    uri = _USERINFO_PASSWORD.sub(r"\1***@", uri)
+    return _QUERY_PASSWORD.sub(r"\1***", uri)

@@ -1,0 +1,152 @@
+"""`edge-agent bench`: how close the agent gets to the interpreter's own speed, in one run.
+
+Measures, on the same model, runtime and threads: the interpreter alone; the plain
+single-thread loop; the real agent end to end (child process, QoS 1 to a real broker,
+every message confirmed by a subscriber); capture→publish latency at a paced 30 fps
+source; the agent's peak RSS, CPU use and time to its first prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.benchmark.agent_run import run_agent
+from edge_agent.benchmark.in_process import interpreter_fps, plain_loop_fps
+from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
+from edge_agent.local_broker import LocalBroker
+from edge_agent.runtime.backends import import_runtime
+
+PACED_FPS = 30.0
+REPO_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
+DEFAULT_MODELS = (REPO_MODELS / "bench" / "mobilenet_v2_int8.tflite", REPO_MODELS / "demo" / "digits_int8.tflite")
+
+CONFIG_TEMPLATE = """\
+device_id = "{device}"
+state_dir = "{workdir}/state-{device}"
+log_level = "warning"
+
+[mqtt]
+host = "{host}"
+port = {port}
+
+[pipelines.bench]
+model = "{model}"
+runtime = "{runtime}"
+num_threads = {threads}
+source = {{ uri = "{source}", loop = true }}
+max_fps = {max_fps}
+"""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str = ""
+    source: str = ""
+    threads: int = 0
+    seconds: float = 10.0
+    runtime: str = "auto"
+    broker: str = ""
+
+
+def default_model() -> str:
+    for path in DEFAULT_MODELS:
+        if path.exists():
+            return str(path)
+    raise FileNotFoundError("no model given and no bench model found: pass --model or run models/make_bench_models.py")
+
+
+def run_bench(options: BenchOptions, progress=print) -> dict:
+    """Run every measurement and return the results as one JSON-ready dict."""
+    model = options.model or default_model()
+    threads = options.threads or os.cpu_count() or 1
+    runtime = import_runtime(options.runtime)[0]
+    with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        source = options.source or _default_source(workdir)
+        if options.broker:
+            host, _, port_text = options.broker.rpartition(":")
+            port = int(port_text)
+        else:
+            broker = stack.enter_context(LocalBroker())
+            host, port = broker.host, broker.port
+        pipeline = PipelineConfig(
+            name="bench", source=SourceSpec(uri=source, loop=True), model=model, runtime=runtime, num_threads=threads
+        )
+        seconds = options.seconds
+        progress(f"interpreter alone ({seconds:g} s)…")
+        interp_fps, invoke_ms = interpreter_fps(pipeline, seconds)
+        progress(f"plain single-thread loop ({seconds:g} s)…")
+        plain_fps = plain_loop_fps(pipeline, seconds, MqttConfig(host=host, port=port))
+
+        def agent(device: str, max_fps: float):
+            text = CONFIG_TEMPLATE.format(
+                device=device, workdir=workdir, host=host, port=port, model=Path(model).resolve(),
+                runtime=runtime, threads=threads, source=Path(source).resolve() if Path(source).exists() else source,
+                max_fps=max_fps,
+            )
+            return run_agent(text, workdir, host, port, device, seconds)
+
+        progress(f"agent end to end, as fast as it goes ({seconds:g} s)…")
+        full = agent("bench-full", 0.0)
+        progress(f"agent end to end, source paced at {PACED_FPS:g} fps ({seconds:g} s)…")
+        paced = agent("bench-paced", PACED_FPS)
+    return {
+        "model": str(model),
+        "runtime": runtime,
+        "threads": threads,
+        "cores": os.cpu_count(),
+        "source": options.source or "generated 640x480 MJPG video",
+        "interpreter_fps": round(interp_fps, 1),
+        "invoke_ms": round(invoke_ms, 3),
+        "pipeline_fps": round(full.fps, 1),
+        "ratio": round(full.fps / interp_fps, 3),
+        "plain_loop_fps": round(plain_fps, 1),
+        "speedup_over_plain_loop": round(full.fps / plain_fps, 3),
+        "missing": full.missing + paced.missing,
+        "latency_ms": _percentiles(paced.latencies_ms),
+        "overhead_ms": _percentiles(paced.overheads_ms),
+        "paced_fps": round(paced.fps, 1),
+        "peak_rss_mb": round(max(full.peak_rss_mb, paced.peak_rss_mb), 1),
+        "cpu_percent": round(full.cpu_percent, 1),
+        "startup_s": round(min(full.startup_s, paced.startup_s), 3),
+        "seconds": seconds,
+    }
+
+
+def _default_source(workdir: Path) -> str:
+    from edge_agent.sources.synthetic import write_benchmark_video
+
+    return str(write_benchmark_video(workdir / "bench-640x480.avi"))
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2), "max": round(max(values), 2)}
+
+
+def format_results(r: dict) -> str:
+    """A table for people."""
+    lat, over = r["latency_ms"], r["overhead_ms"]
+    rows = [
+        ("model", f"{Path(r['model']).name} ({r['runtime']}, {r['threads']} of {r['cores']} cores)"),
+        ("source", r["source"]),
+        ("interpreter alone", f"{r['interpreter_fps']:.1f} fps ({r['invoke_ms']:.2f} ms/invoke)"),
+        ("agent end to end", f"{r['pipeline_fps']:.1f} fps, ratio {r['ratio']:.2f} of the interpreter"),
+        ("plain one-thread loop", f"{r['plain_loop_fps']:.1f} fps (agent is {r['speedup_over_plain_loop']:.2f}x)"),
+        ("messages missing", str(r["missing"])),
+        (f"latency at {PACED_FPS:g} fps", f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"),
+        ("  of which not invoke", f"p50 {over['p50']} ms, p99 {over['p99']} ms, max {over['max']} ms"),
+        ("peak RSS", f"{r['peak_rss_mb']:.1f} MB"),
+        ("CPU", f"{r['cpu_percent']:.0f} % of one core"),
+        ("start to first prediction", f"{r['startup_s']:.2f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,375 @@
+"""Make the digits demo: a small int8 TFLite classifier plus a matching video.
+
+What it writes (default ``models/demo/``):
+
+* ``digits_int8.tflite``    full-integer model, int8 input [1,8,8,1] and int8
+                            output [1,10] (softmax probabilities, quantised)
+* ``digits_float32.tflite`` the same network converted without quantisation
+* ``labels.txt``            ``0``..``9``, one per line; also embedded in both
+                            models as a zip appended to the flatbuffer, the
+                            way the TFLite metadata populator attaches files
+* ``digits-demo.avi``       MJPG, 20 fps, 200 frames, 160x160 BGR; frame i is
+                            held-out test digit i upscaled x20 (INTER_NEAREST)
+* ``digits-demo.truth.txt`` the true digit of frame i on line i
+* ``digits.json``           held-out and video accuracies
+
+Data: scikit-learn's bundled ``load_digits`` (8x8, values 0..16). Pixels are
+mapped to the image domain as ``img_u8 = round(v * 255 / 16)`` and the model's
+float input is ``img_u8 / 255`` so that a camera frame converted to gray and
+shrunk to 8x8 feeds the model with the same preprocessing.
+
+Run it in the host venv (TensorFlow is needed)::
+
+    .venv-host/bin/python models/make_demo.py [--out DIR] [--device-python PY]
+
+``--device-python`` (default ``.venv/bin/python`` when it exists) is used to
+check that the models load and run in tflite_runtime as well as ai_edge_litert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's banner out of the summary
+
+import cv2
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+SEED = 0
+REPO = Path(__file__).resolve().parents[1]
+LABELS = [str(d) for d in range(10)]
+VIDEO_FRAMES = 200
+VIDEO_FPS = 20
+VIDEO_SCALE = 20  # 8x8 -> 160x160
+# JPEG quality of the MJPG frames: the digits are flat 20x20 blocks, so a
+# moderate quality keeps the file small while INTER_AREA averaging of each
+# block still recovers the pixel value to within a few grey levels.
+VIDEO_JPEG_QUALITY = 75
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` via a temp file in the same dir + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def embed_labels(model_bytes: bytes, labels: list[str]) -> bytes:
+    """Append a zip holding ``labels.txt`` to a .tflite flatbuffer.
+
+    This mirrors what ``tflite_support``'s MetadataPopulator does for
+    associated files: it opens the model bytes with ``zipfile`` in append
+    mode, which writes a zip archive after the flatbuffer. Interpreters
+    ignore the trailing bytes; readers find the archive from its end record.
+    A fixed timestamp keeps the output byte-for-byte reproducible.
+    """
+    buf = io.BytesIO(model_bytes)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
+        info = zipfile.ZipInfo("labels.txt", date_time=(1980, 1, 1, 0, 0, 0))
+        zf.writestr(info, "\n".join(labels) + "\n")
+    return buf.getvalue()
+
+
+def set_seeds(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)  # python, numpy and TF seeds at once
+    tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+def load_data():
+    """Return (x_train, y_train, x_test, y_test) as uint8 images [N,8,8,1]."""
+    digits = load_digits()
+    img_u8 = np.round(digits.data * 255.0 / 16.0).astype(np.uint8).reshape(-1, 8, 8, 1)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        img_u8, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
+
+
+def to_float(img_u8: np.ndarray) -> np.ndarray:
+    return img_u8.astype(np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------
+def build_and_train(x_train: np.ndarray, y_train: np.ndarray):
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(8, 8, 1), name="image"),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),  # 4x4
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(10, activation="softmax", name="probs"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    # The data set is tiny (~1350 images), so 60 epochs take seconds.
+    model.fit(to_float(x_train), y_train, epochs=60, batch_size=32, shuffle=True, verbose=0)
+    return model
+
+
+def concrete_fn(model):
+    """A batch-1 concrete function: the .tflite input becomes [1,8,8,1].
+
+    It is handed to the converter without the Keras model so the converter
+    freezes the weights into constants; with the model attached, TF 2.19
+    keeps Keras 3 variables as READ_VARIABLE ops and int8 calibration fails.
+    """
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.float32, name="image")])
+    def serve(image):
+        return {"probs": model(image, training=False)}
+
+    return serve.get_concrete_function()
+
+
+def convert_float(model) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn(model)])
+    return conv.convert()
+
+
+def convert_int8(model, x_train: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    def representative():
+        # Every training image once, in a fixed order: calibrates the input
+        # range to exactly [0,1] and the activations to what the data sees.
+        for img in to_float(x_train):
+            yield [img[None]]
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn(model)])
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+# --------------------------------------------------------------------------
+# evaluation (ai_edge_litert, in-process)
+# --------------------------------------------------------------------------
+class Classifier:
+    """Runs a .tflite classifier on float images in [0,1], (de)quantising."""
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(model_path=str(path), num_threads=1)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+
+    def predict(self, img_f: np.ndarray) -> int:
+        x = img_f[None].astype(np.float32)
+        if self.inp["dtype"] != np.float32:
+            scale, zp = self.inp["quantization"]
+            info = np.iinfo(self.inp["dtype"])
+            x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(self.inp["dtype"])
+        self.interp.set_tensor(self.inp["index"], x)
+        self.interp.invoke()
+        return int(np.argmax(self.interp.get_tensor(self.out["index"])[0]))
+
+    def accuracy(self, imgs_f: np.ndarray, labels: np.ndarray) -> float:
+        preds = np.array([self.predict(im) for im in imgs_f])
+        return float(np.mean(preds == labels))
+
+
+# --------------------------------------------------------------------------
+# video
+# --------------------------------------------------------------------------
+def write_video(path: Path, frames_u8: np.ndarray) -> None:
+    """Write 8x8 gray digits as a 160x160 BGR MJPG .avi (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # VideoWriter picks the container from the suffix
+    size = 8 * VIDEO_SCALE
+    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, (size, size), True)
+    if not vw.isOpened():
+        raise RuntimeError("cv2.VideoWriter could not open an MJPG writer")
+    vw.set(cv2.VIDEOWRITER_PROP_QUALITY, VIDEO_JPEG_QUALITY)
+    for img in frames_u8:
+        big = cv2.resize(img[:, :, 0], (size, size), interpolation=cv2.INTER_NEAREST)
+        vw.write(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
+    vw.release()
+    os.replace(tmp, path)
+
+
+def read_video_as_8x8(path: Path) -> np.ndarray:
+    """Decode the video the way the daemon would: gray, INTER_AREA to 8x8."""
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        out.append(cv2.resize(gray, (8, 8), interpolation=cv2.INTER_AREA)[:, :, None])
+    cap.release()
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------
+# cross-runtime check
+# --------------------------------------------------------------------------
+_CHECK_SNIPPET = r"""
+import json, sys, numpy as np
+mod = sys.argv[1]
+if mod == "ai_edge_litert":
+    from ai_edge_litert.interpreter import Interpreter
+else:
+    from tflite_runtime.interpreter import Interpreter
+res = {}
+for p in sys.argv[2:]:
+    try:
+        it = Interpreter(model_path=p)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        res[p] = "ok " + ",".join(f"{d['name']}{list(d['shape'])}{np.dtype(d['dtype']).name}"
+                                   for d in it.get_output_details())
+    except Exception as e:
+        res[p] = f"ERROR {type(e).__name__}: {e}"
+print(json.dumps(res))
+"""
+
+
+def check_runtimes(paths: list[Path], device_python: str | None) -> dict[str, dict[str, str]]:
+    """Load + invoke each model in ai_edge_litert and (if given) tflite_runtime."""
+    runs = [("ai_edge_litert", sys.executable)]
+    if device_python:
+        runs.append(("tflite_runtime", device_python))
+    result = {}
+    for mod, py in runs:
+        proc = subprocess.run(
+            [py, "-c", _CHECK_SNIPPET, mod, *map(str, paths)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result[mod] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --------------------------------------------------------------------------
+def default_device_python() -> str | None:
+    py = REPO / ".venv" / "bin" / "python"
+    return str(py) if py.exists() else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "models" / "demo")
+    ap.add_argument(
+        "--device-python",
+        default=default_device_python(),
+        help="python with tflite_runtime for the cross-runtime check ('' to skip)",
+    )
+    args = ap.parse_args(argv)
+    out: Path = args.out
+    t0 = time.time()
+
+    set_seeds(SEED)
+    x_tr, y_tr, x_te, y_te = load_data()
+    model = build_and_train(x_tr, y_tr)
+
+    paths = {
+        "float": out / "digits_float32.tflite",
+        "int8": out / "digits_int8.tflite",
+    }
+    write_atomic(paths["float"], embed_labels(convert_float(model), LABELS))
+    write_atomic(paths["int8"], embed_labels(convert_int8(model, x_tr), LABELS))
+    write_atomic(out / "labels.txt", ("\n".join(LABELS) + "\n").encode())
+
+    # The embedded labels must be readable exactly as a consumer would read them.
+    for p in paths.values():
+        got = zipfile.ZipFile(io.BytesIO(p.read_bytes())).read("labels.txt").decode().split()
+        assert got == LABELS, (p, got)
+
+    acc_float = Classifier(paths["float"]).accuracy(to_float(x_te), y_te)
+    int8 = Classifier(paths["int8"])
+    acc_int8 = int8.accuracy(to_float(x_te), y_te)
+
+    video = out / "digits-demo.avi"
+    write_video(video, x_te[:VIDEO_FRAMES])
+    truth = y_te[:VIDEO_FRAMES]
+    write_atomic(out / "digits-demo.truth.txt", "".join(f"{d}\n" for d in truth).encode())
+    decoded = read_video_as_8x8(video)
+    assert len(decoded) == VIDEO_FRAMES, len(decoded)
+    acc_video = int8.accuracy(to_float(decoded), truth)
+    max_pixel_err = int(np.abs(decoded.astype(int) - x_te[:VIDEO_FRAMES].astype(int)).max())
+
+    summary = {
+        "heldout_accuracy_float": round(acc_float, 4),
+        "heldout_accuracy_int8": round(acc_int8, 4),
+        "heldout_samples": int(len(y_te)),
+        "video_accuracy_int8": round(acc_video, 4),
+        "video_frames": VIDEO_FRAMES,
+        "input": "8x8x1 gray, float = pixel/255",
+        "made_by": "models/make_demo.py",
+    }
+    write_atomic(out / "digits.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    runtimes = check_runtimes(list(paths.values()), args.device_python or None)
+
+    print(json.dumps(summary, indent=2))
+    print(f"video: max |decoded - original| pixel error = {max_pixel_err}")
+    for rt, res in runtimes.items():
+        for p, msg in res.items():
+            print(f"{rt:15s} {Path(p).name:22s} {msg}")
+    for f in sorted(out.iterdir()):
+        print(f"{f.stat().st_size:9d}  {f}")
+    print(f"done in {time.time() - t0:.1f}s")
+    bad = [m for res in runtimes.values() for m in res.values() if not m.startswith("ok")]
+    return 1 if bad or acc_int8 <= 0.9 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
