@@ -167,6 +167,7 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
 def _check_config_command(args: argparse.Namespace) -> int:
     from edge_agent.runtime import ModelFileError, read_model_file
+    from edge_agent.sources import redact_url
 
     config = load_config(args.config)
     problems = []
@@ -178,7 +179,7 @@ def _check_config_command(args: argparse.Namespace) -> int:
             continue
         if pipeline.labels and not Path(pipeline.labels).is_file():
             problems.append(f"pipelines.{pipeline.name}.labels: {pipeline.labels} does not exist")
-        print(f"pipeline {pipeline.name}: model {model.name} ({len(model.content):,} bytes), source {pipeline.source.uri}, "
+        print(f"pipeline {pipeline.name}: model {model.name} ({len(model.content):,} bytes), source {redact_url(pipeline.source.uri)}, "
               f"sinks {', '.join(pipeline.sinks)}")
     if problems:
         raise ConfigError(problems, str(args.config))

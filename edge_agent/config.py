@@ -258,7 +258,7 @@ def _parse_pipeline(name: str, table: _Table) -> PipelineConfig:
         max_fps=table.number("max_fps", 0.0, minimum=0.0),
         max_frames=table.int("max_frames", 0, minimum=0),
         top_k=table.int("top_k", 3, minimum=1),
-        threshold=table.number("threshold", None, minimum=0.0),
+        threshold=table.number("threshold", None, minimum=0.0, maximum=1.0),
         max_detections=table.int("max_detections", 20, minimum=1),
         preprocess=_parse_preprocess(table.table("preprocess")),
         sinks=tuple(table.list("sinks", ["mqtt"], item=lambda v: v in SINK_CHOICES, expected=f"a list of {SINK_CHOICES}")),
@@ -415,11 +415,11 @@ class _Table:
             expected,
         )
 
-    def number(self, name: str, default: Any, minimum: float | None = None) -> Any:
-        expected = "a number" + _range_text(minimum, None)
+    def number(self, name: str, default: Any, minimum: float | None = None, maximum: float | None = None) -> Any:
+        expected = "a number" + _range_text(minimum, maximum)
         value = self._get(
             name, default,
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _in_range(v, minimum, None),
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _in_range(v, minimum, maximum),
             expected,
         )
         return float(value) if value is not None else None

@@ -113,7 +113,7 @@ def image_input_size(spec: TensorSpec) -> tuple[int, int, int]:
     raise PreprocessError(
         f"the model's input {spec.name!r} has shape {list(shape)}, which is not an image "
         "([1, height, width, 1 or 3]): a camera, video or image source cannot feed it; "
-        "use a model that takes images, or the 'raw' task with a source that produces tensors"
+        "use a model that takes images"
     )
 
 

@@ -50,10 +50,6 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale != 0.0
 
-    def invoke(self) -> None:
-        """Invoke on whatever the input holds (for benchmarks that time the interpreter alone)."""
-        self._interpreter.invoke()
-
     def describe(self) -> dict:
         return {
             "name": self.name,

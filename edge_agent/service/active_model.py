@@ -149,8 +149,18 @@ def load_labels(path: str) -> list[str]:
 
 
 def check_labels_fit(active: ActiveModel) -> None:
-    """A classification label list must match the output size (one extra background label is allowed)."""
-    if active.task != "classification" or not active.labels:
+    """A classification label list must match the output size (one extra background label is allowed).
+
+    SSD label maps often start with a background entry ("???", "background") that the
+    post-processing op's class ids do not count: it is dropped so id 0 is the first real class.
+    """
+    if not active.labels:
+        return
+    if active.task == "detection":
+        if active.labels[0].strip().lower() in ("???", "background", "__background__"):
+            active.labels = active.labels[1:]
+        return
+    if active.task != "classification":
         return
     classes = int(np.prod(active.model.outputs[0].shape[1:]))
     if len(active.labels) == classes + 1:  # a leading background/"???" entry, as in many label files

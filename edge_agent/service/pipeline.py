@@ -76,11 +76,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._seq = 0
-        self._fps_mark = (0, time.monotonic())
+        self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
         self._failing_sinks: set[str] = set()
         # Overlapping stages pays only when invoke outlasts a thread hand-off; for tiny models
         # (sensor-rate use) one thread doing everything is faster.
-        self.inline = active.invoke_ms < INLINE_BELOW_INVOKE_MS  # frames processed and when, at the last snapshot
+        self.inline = active.invoke_ms < INLINE_BELOW_INVOKE_MS
         self._threads = [
             threading.Thread(target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True),
             threading.Thread(target=self._guard(self._inference_loop), name=f"{self.name}-inference", daemon=True),

@@ -18,6 +18,8 @@ _RTSP_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 # Capture and preprocessing run on one thread beside the interpreter's; OpenCV's own worker
 # threads would only take cores from invoke().
 cv2.setNumThreads(1)
+# OpenCV's own warnings repeat on every reconnect attempt; the agent logs each outage once itself.
+cv2.setLogLevel(2)  # 2 = errors only
 
 
 def opencv_has_gstreamer() -> bool:
