@@ -4,15 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install mosquitto clean
+.PHONY: demo test install install-test mosquitto systemd-analyze clean
 
-$(BIN)/edge-agent: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+
+# The device install: what runs on a board (no TensorFlow).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-install: $(BIN)/edge-agent
+# Everything the tests use: tflite-runtime beside LiteRT, and the host tools (TensorFlow).
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,host]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 # mosquitto is the broker the demo and the tests start; install it when it is missing.
 mosquitto:
@@ -22,10 +31,17 @@ mosquitto:
 	@# the distribution's service is not needed: the demo and tests start their own
 	@-$(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true
 
+# systemd-analyze checks the unit (verify, security score) in tests/test_systemd_unit.py;
+# it comes with the systemd package. Nothing is started: the tests need only the tool.
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || \
+	  ( echo "installing systemd for systemd-analyze (apt-get)"; $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq systemd >/dev/null )
+
 demo: install mosquitto
 	$(BIN)/edge-agent demo
 
-test: install mosquitto
+test: install-test mosquitto systemd-analyze
 	$(BIN)/python -m pytest -q
 
 clean:

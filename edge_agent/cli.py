@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.host.commands import register_host_commands
 from edge_agent.config import (
     DEFAULT_CONFIG_PATH,
     RUNTIME_CHOICES,
@@ -95,6 +96,8 @@ def _make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--broker", default="localhost:1883")
     demo.set_defaults(handler=_demo_command)
+
+    register_host_commands(commands)  # convert, keys, bundle, edgetpu-check (edge_agent/host/commands.py)
     return parser
 
 
@@ -109,14 +112,16 @@ def _setup_logging(level: str) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    config = _trial_config(args) if args.model or args.source else load_config(args.config or DEFAULT_CONFIG_PATH)
+    config_path = None if args.model or args.source else (args.config or DEFAULT_CONFIG_PATH)
+    config = _trial_config(args) if config_path is None else load_config(config_path)
     if args.log_level is None:
         logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
     from edge_agent.service.agent import Agent
 
-    agent = Agent(config)
+    agent = Agent(config, config_path)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     return agent.run()
 
 
@@ -166,15 +171,18 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
 
 def _check_config_command(args: argparse.Namespace) -> int:
-    from edge_agent.runtime import ModelFileError, read_model_file
+    from edge_agent.models.bundle import BundleError
+    from edge_agent.models.keys import SigningKeyError
+    from edge_agent.runtime import ModelFileError
+    from edge_agent.service.model_source import open_model
     from edge_agent.sources import redact_url
 
     config = load_config(args.config)
     problems = []
     for pipeline in config.pipelines:
-        try:
-            model = read_model_file(pipeline.model)
-        except ModelFileError as err:
+        try:  # a bundle is verified against trusted_keys here exactly as the agent will do it
+            model = open_model(pipeline.model, config.trusted_keys, config.allow_unsigned_models).model_file
+        except (ModelFileError, BundleError, SigningKeyError) as err:
             problems.append(f"pipelines.{pipeline.name}.model: {err}")
             continue
         if pipeline.labels and not Path(pipeline.labels).is_file():

@@ -23,6 +23,7 @@ COLOR_ORDERS = ("rgb", "bgr")
 SOURCE_KINDS = ("auto", "camera", "v4l2", "stream", "gstreamer", "picamera2", "file", "folder", "image")
 DELEGATE_FAILURE_CHOICES = ("cpu", "fail")
 SERIAL_FORMATS = ("json", "csv")
+SPOOL_POLICIES = ("drop_oldest", "drop_new")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_THRESHOLD = {"classification": 0.0, "detection": 0.5}
 _URL_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -101,6 +102,15 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """Store-and-forward for QoS 1 predictions (under state_dir/spool)."""
+
+    enabled: bool = True
+    max_mb: float = 100.0
+    policy: str = "drop_oldest"
+
+
+@dataclass(frozen=True)
 class SerialConfig:
     port: str
     baud: int = 115200
@@ -126,6 +136,7 @@ class PipelineConfig:
     max_detections: int = 20
     preprocess: PreprocessOptions = PreprocessOptions()
     sinks: tuple[str, ...] = ("mqtt",)
+    preprocess_keys: tuple[str, ...] = ()  # keys set in [preprocess]; a bundle's manifest supplies the others
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,10 @@ class AgentConfig:
     log_level: str = "info"
     shutdown_timeout_s: float = 5.0
     mqtt: MqttConfig = MqttConfig()
+    spool: SpoolConfig = SpoolConfig()
     serial: SerialConfig | None = None
+    trusted_keys: tuple[str, ...] = ()  # .pub files whose signatures on model bundles are trusted
+    allow_unsigned_models: bool = True  # parse_config's default: true only while trusted_keys is empty
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -170,8 +184,11 @@ def parse_config(data: dict[str, Any], base_dir: Path = Path("."), source: str =
         log_level=root.choice("log_level", LOG_LEVELS, "info"),
         shutdown_timeout_s=root.number("shutdown_timeout_s", 5.0, minimum=0.0),
         mqtt=_parse_mqtt(root.table("mqtt")),
+        spool=_parse_spool(root.table("spool")),
         serial=_parse_serial(root.table("serial")) if "serial" in data else None,
         pipelines=_parse_pipelines(root),
+        trusted_keys=(trusted_keys := _parse_trusted_keys(root)),
+        allow_unsigned_models=root.bool("allow_unsigned_models", not trusted_keys),
     )
     root.reject_unknown()
     for pipeline in config.pipelines:
@@ -213,6 +230,16 @@ def _parse_mqtt(table: _Table) -> MqttConfig:
             table.errors.append("mqtt.tls: cert_file and key_file go together (client certificate and its key)")
     if not _topic_safe(config.topic_prefix.replace("/", "")):
         table.errors.append("mqtt.topic_prefix: must not contain '+', '#' or spaces")
+    table.reject_unknown()
+    return config
+
+
+def _parse_spool(table: _Table) -> SpoolConfig:
+    config = SpoolConfig(
+        enabled=table.bool("enabled", True),
+        max_mb=table.number("max_mb", 100.0, minimum=0.01),
+        policy=table.choice("policy", SPOOL_POLICIES, "drop_oldest"),
+    )
     table.reject_unknown()
     return config
 
@@ -261,10 +288,21 @@ def _parse_pipeline(name: str, table: _Table) -> PipelineConfig:
         threshold=table.number("threshold", None, minimum=0.0, maximum=1.0),
         max_detections=table.int("max_detections", 20, minimum=1),
         preprocess=_parse_preprocess(table.table("preprocess")),
+        preprocess_keys=tuple(k for k in ("resize", "color", "mean", "std") if k in _as_dict(table.data.get("preprocess"))),
         sinks=tuple(table.list("sinks", ["mqtt"], item=lambda v: v in SINK_CHOICES, expected=f"a list of {SINK_CHOICES}")),
     )
     table.reject_unknown()
     return config
+
+
+def _as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _parse_trusted_keys(root: _Table) -> tuple[str, ...]:
+    paths = root.list("trusted_keys", [], item=lambda v: isinstance(v, str) and bool(v),
+                      expected="a list of public key files (NAME.pub from `edge-agent keys generate`)")
+    return tuple(root._resolve(path) for path in paths)
 
 
 def _parse_source(table: _Table) -> SourceSpec:

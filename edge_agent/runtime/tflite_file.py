@@ -100,6 +100,12 @@ def read_model_file(path: str | Path) -> ModelFile:
         raise ModelFileError(f"model path {path} is a directory: name the .tflite file itself") from err
     except OSError as err:
         raise ModelFileError(f"model file {path} cannot be read ({err.strerror}): check its permissions") from err
+    return model_file_from_bytes(path, content)
+
+
+def model_file_from_bytes(path: str | Path, content: bytes) -> ModelFile:
+    """Check model bytes already in memory (e.g. taken from a verified bundle); `path` names them in errors."""
+    path = Path(path)
     try:
         operator_counts, metadata_names, detection_roles = _read_flatbuffer(content)
     except _Malformed as err:
@@ -188,6 +194,18 @@ class _FlatBuffer:
         if start + 4 + 4 * count > len(self.data):
             raise _Malformed("vector runs past the end of the file")
         return [self._indirect(start + 4 + 4 * i) for i in range(count)]
+
+    def vector(self, table: int, index: int, fmt: str) -> list:
+        """A vector of scalars of struct format `fmt` (e.g. "<f", "<q"); [] when the field is absent."""
+        pos = self._field_pos(table, index)
+        if pos is None:
+            return []
+        start = self._indirect(pos)
+        count = self._unpack("<I", start)
+        width = struct.calcsize(fmt)
+        if start + 4 + width * count > len(self.data):
+            raise _Malformed("vector runs past the end of the file")
+        return list(struct.unpack_from(f"{fmt[0]}{count}{fmt[1:]}", self.data, start + 4))
 
 
 _DETECTION_ROLES = ("boxes", "classes", "scores", "count")  # the op's own output order

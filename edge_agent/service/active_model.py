@@ -29,7 +29,8 @@ from edge_agent.postprocess import (
 )
 from edge_agent.preprocess import Geometry, Preprocessor
 from edge_agent.records import ClassScore, Detection, ModelRef
-from edge_agent.runtime import LoadedModel, load_model, parse_labels
+from edge_agent.runtime import LoadedModel, load_model_file, parse_labels
+from edge_agent.service.model_source import apply_manifest, open_model
 
 logger = logging.getLogger(__name__)
 
@@ -124,17 +125,33 @@ class ActiveModel:
         return lambda out, _geometry: Decoded(outputs=summarize_raw(out, self._names, self._quants))
 
 
-def build_active_model(config: PipelineConfig, model_path: str | None = None, version: str = "") -> ActiveModel:
-    """Load the pipeline's model and check that it fits the pipeline; raise a specific error if not."""
-    model = load_model(
-        model_path or config.model,
+def build_active_model(
+    config: PipelineConfig,
+    model_path: str | None = None,
+    version: str = "",
+    trusted_keys: tuple[str, ...] = (),
+    allow_unsigned_models: bool = True,
+) -> ActiveModel:
+    """Load the pipeline's model (a .tflite, or a bundle verified per model_source's trust rule) and
+    check that it fits the pipeline; raise a specific error if not."""
+    opened = open_model(model_path or config.model, trusted_keys, allow_unsigned_models)
+    manifest = opened.manifest
+    if manifest is not None:
+        config = apply_manifest(config, manifest)
+        version = version or manifest.version
+    model = load_model_file(
+        opened.model_file,
         runtime=config.runtime,
         num_threads=config.num_threads or None,
         delegate=config.delegate,
         on_delegate_failure=config.on_delegate_failure,
     )
-    labels = load_labels(config.labels) if config.labels else model.file.labels
+    own_labels = list(manifest.labels) if manifest is not None and manifest.labels else model.file.labels
+    labels = load_labels(config.labels) if config.labels else own_labels
     active = ActiveModel(model, config, labels, version)
+    if manifest is not None:
+        active.ref = ModelRef(manifest.name, active.ref.sha256, version)
+    logger.info("pipeline %s: model %s from %s", config.name, active.ref.name, opened.provenance)
     check_labels_fit(active)
     return active
 

@@ -56,7 +56,7 @@ class Inferred:
 class Pipeline:
     """Runs one configured pipeline until its source ends, max_frames is reached, or stop()."""
 
-    def __init__(self, config: PipelineConfig, device_id: str, active: ActiveModel, sinks: list[Sink]):
+    def __init__(self, config: PipelineConfig, device_id: str, active: ActiveModel, sinks: list[Sink], last_seq: int = 0):
         self.config = config
         self.name = config.name
         self.device_id = device_id
@@ -70,12 +70,15 @@ class Pipeline:
         self.frames_published = 0
         self.sink_errors = 0
         self.first_published_mono: float | None = None
+        # the loop that invokes beats at least every POLL_S, even while waiting for frames: a hung
+        # invoke() stops it (systemd's watchdog restarts the agent), a missing camera does not
+        self.heartbeat_mono = time.monotonic()
         self._active = active
         self._slot: FrameSlot[PreparedFrame] = FrameSlot(newest_wins=self.live)
         self._results: queue.Queue[Inferred | None] = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
         self._stop = threading.Event()
         self._finished = threading.Event()
-        self._seq = 0
+        self._seq = last_seq
         self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
         self._failing_sinks: set[str] = set()
         # Overlapping stages pays only when invoke outlasts a thread hand-off; for tiny models
@@ -93,6 +96,11 @@ class Pipeline:
     @property
     def active(self) -> ActiveModel:
         return self._active
+
+    @property
+    def last_seq(self) -> int:
+        """The last prediction number published (a restarted pipeline goes on from here)."""
+        return self._seq
 
     @property
     def frames_dropped(self) -> int:
@@ -155,6 +163,8 @@ class Pipeline:
         index = 0
         try:
             while not self._stop.is_set():
+                if self.inline:
+                    self.heartbeat_mono = time.monotonic()
                 if not opened:
                     try:
                         source.open()
@@ -213,6 +223,7 @@ class Pipeline:
         max_frames = self.config.max_frames
         try:
             while True:
+                self.heartbeat_mono = time.monotonic()
                 frame = self._slot.take(POLL_S)
                 if frame is None:
                     if self._slot.closed or self._stop.is_set():

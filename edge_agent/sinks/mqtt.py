@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -24,10 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_agent.config import MqttConfig
 from edge_agent.records import Prediction
 
+if TYPE_CHECKING:
+    from edge_agent.sinks.spool_sender import SpoolSender
+
 logger = logging.getLogger(__name__)
 
 RECONNECT_MIN_DELAY_S = 1
-RECONNECT_MAX_DELAY_S = 30
+RECONNECT_MAX_DELAY_S = 10  # a broker that is back is used again within ~10 s
 MAX_QUEUED_MESSAGES = 10_000  # paho holds these in RAM while the broker is away
 MAX_INFLIGHT_MESSAGES = 100
 
@@ -56,7 +60,7 @@ class MqttPublisher:
 
     name = "mqtt"
 
-    def __init__(self, config: MqttConfig, device_id: str):
+    def __init__(self, config: MqttConfig, device_id: str, clean_session: bool = True):
         self.config = config
         self.device_id = device_id
         self.base_topic = f"{config.topic_prefix.rstrip('/')}/{device_id}"
@@ -66,13 +70,15 @@ class MqttPublisher:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
-        self._pending: set[int] = set()
+        self._inflight: dict[int, Callable[[], None] | None] = {}  # mid -> what to do on delivery
         self._acked_early: set[int] = set()
+        self.spool: SpoolSender | None = None
         self._lock = threading.Lock()
         self._all_delivered = threading.Condition(self._lock)
         self._was_connected = False
         self._stopping = False
         self._last_refusal = ""
+        self._clean_session = clean_session
         self._client = self._make_client()
 
     def prediction_topic(self, pipeline: str) -> str:
@@ -84,6 +90,8 @@ class MqttPublisher:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.client_id or f"edge-agent-{self.device_id}",
             protocol=mqtt.MQTTv311,
+            # a persistent session lets the broker keep our in-flight QoS 1 state across reconnects
+            clean_session=self._clean_session,
         )
         client.enable_logger(logging.getLogger("edge_agent.paho"))
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
@@ -109,14 +117,24 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         return client
 
+    def attach_spool(self, spool: SpoolSender) -> None:
+        """Route QoS>0 predictions through a disk spool (see sinks.spool_sender)."""
+        self.spool = spool
+
     def start(self) -> None:
         """Connect in the background; returns at once even when the broker is away."""
+        if self.spool is not None:
+            self.spool.start()
         logger.info("connecting to MQTT broker %s:%d as %s", self.config.host, self.config.port, self.device_id)
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self._client.loop_start()
 
-    def publish(self, topic: str, payload: str | bytes, qos: int | None = None, retain: bool = False) -> bool:
-        """Queue a message; False when paho refused it (its queue is full)."""
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int | None = None, retain: bool = False,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> bool:
+        """Hand a message to paho; False when paho refused it. `on_delivered` runs (on paho's
+        thread) when the broker acknowledges a QoS>0 message, or once a QoS 0 message is sent."""
         qos = self.config.qos if qos is None else qos
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         offline_qos0 = qos == 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN  # paho drops these
@@ -126,18 +144,34 @@ class MqttPublisher:
             return False
         with self._lock:
             self.published += 1
-            if qos == 0:
-                self.delivered += 1
-            elif info.mid in self._acked_early:
+            # paho may report the ack before publish() returned: it is then waiting in _acked_early
+            if info.mid in self._acked_early:
                 self._acked_early.discard(info.mid)
-                self.delivered += 1
+                self._delivered(on_delivered)
             else:
-                self._pending.add(info.mid)
+                self._inflight[info.mid] = on_delivered
         return True
 
+    def _delivered(self, on_delivered: Callable[[], None] | None) -> None:
+        """Count one delivery (lock held)."""
+        self.delivered += 1
+        if on_delivered is not None:
+            on_delivered()
+        if not self._inflight:
+            self._all_delivered.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
     def send(self, prediction: Prediction, payload_json: str) -> None:
-        """Sink interface: publish one prediction on its pipeline's topic."""
-        self.publish(self.prediction_topic(prediction.pipeline), payload_json)
+        """Sink interface: publish one prediction on its pipeline's topic, through the spool when there is one."""
+        topic = self.prediction_topic(prediction.pipeline)
+        if self.spool is not None and self.config.qos > 0:
+            self.spool.submit(topic, payload_json.encode(), self.config.qos, prediction.pipeline, prediction.seq)
+        else:
+            self.publish(topic, payload_json)
 
     def close(self, timeout_s: float) -> None:
         self.stop(timeout_s)
@@ -146,10 +180,10 @@ class MqttPublisher:
         self.publish(self.state_topic, state_json, qos=1, retain=True)
 
     def wait_delivered(self, timeout_s: float) -> bool:
-        """Wait until every QoS>0 message published so far is acknowledged by the broker."""
+        """Wait until every message handed to paho so far is acknowledged by the broker."""
         deadline = time.monotonic() + timeout_s
         with self._all_delivered:
-            while self._pending:
+            while self._inflight:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -158,8 +192,10 @@ class MqttPublisher:
 
     @property
     def pending(self) -> int:
+        """Messages not yet acknowledged: in flight, plus those waiting in the spool."""
         with self._lock:
-            return len(self._pending)
+            inflight = len(self._inflight)
+        return self.spool.undelivered if self.spool is not None else inflight
 
     def stop(self, timeout_s: float) -> None:
         """Deliver what is pending (bounded), publish retained "offline", disconnect."""
@@ -168,13 +204,18 @@ class MqttPublisher:
         if self.pending and not self.connected.is_set():
             # a batch run that finished while the broker was away: give it until the deadline
             self.connected.wait(max(0.0, deadline - time.monotonic()))
+        if self.spool is not None:
+            self.spool.drain(deadline)
         if self.connected.is_set():
             self.wait_delivered(max(0.0, deadline - time.monotonic()))
             self.publish(self.status_topic, "offline", qos=1, retain=True)
             self.wait_delivered(max(0.1, deadline - time.monotonic()))
         if self.pending:
-            logger.warning("MQTT broker %s:%d: %d messages were not delivered before shutdown_timeout_s",
-                           self.config.host, self.config.port, self.pending)
+            where = "kept in the spool for the next start" if self.spool is not None else "lost"
+            logger.warning("MQTT broker %s:%d: %d messages not delivered before shutdown_timeout_s (%s)",
+                           self.config.host, self.config.port, self.pending, where)
+        if self.spool is not None:
+            self.spool.stop()
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -206,11 +247,8 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
-            if mid in self._pending:
-                self._pending.discard(mid)
-                self.delivered += 1
-                if not self._pending:
-                    self._all_delivered.notify_all()
+            if mid in self._inflight:
+                self._delivered(self._inflight.pop(mid))
             else:
                 self._acked_early.add(mid)
 

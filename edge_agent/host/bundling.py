@@ -1,0 +1,159 @@
+"""Make a bundle from a .tflite: fill in the manifest from the model, its attached files and options.
+
+Where each manifest field comes from, first match wins:
+  task           --task; what `convert` recorded; guessed from the outputs (as `inspect` does)
+  labels         --labels FILE; what `convert --labels` recorded (any task); the model's attached labels.txt
+  preprocessing  --resize/--color/--mean/--std; what `convert` recorded; the agent's defaults
+  input          the model's first input tensor (name, shape, dtype, quantisation)
+  converter      what `convert` recorded (edge-agent and TensorFlow versions, quantisation)
+  validation     the validation summary `convert --validate` recorded, else null
+No TensorFlow needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.config import PreprocessOptions
+from edge_agent.host.metadata import read_conversion_info
+from edge_agent.models.bundle import Bundle, Signature, bundle_to_bytes, sign_manifest
+from edge_agent.models.keys import PrivateKey
+from edge_agent.models.manifest import FORMAT_VERSION, TASKS, Manifest, ManifestError, manifest_to_bytes, parse_manifest
+from edge_agent.runtime.model import TensorSpec, guess_task
+from edge_agent.runtime.tflite_file import parse_labels, read_model_file
+from edge_agent.runtime.tflite_graph import ModelGraph, TensorInfo, read_graph
+
+DEFAULT_VERSION = "unversioned"
+
+
+class BundleInputError(ValueError):
+    """An option or input file does not fit the model being bundled."""
+
+
+@dataclass(frozen=True)
+class BundleRequest:
+    model_path: Path
+    name: str = ""
+    version: str = ""
+    task: str = ""
+    labels_path: Path | None = None
+    preprocess_overrides: dict[str, Any] | None = None  # resize / color / mean / std given on the command line
+
+
+def build_manifest(request: BundleRequest) -> tuple[Manifest, bytes]:
+    """The manifest for the model, and the model bytes it describes."""
+    model_file = read_model_file(request.model_path)
+    graph = read_graph(model_file.content, request.model_path)
+    info = read_conversion_info(model_file)
+    task = request.task or info.get("task") or guess_task(model_file, _output_specs(graph))
+    if task not in TASKS:
+        raise BundleInputError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+    recorded = info.get("labels") if isinstance(info.get("labels"), list) else None
+    labels = _labels(request, recorded or model_file.labels)
+    _check_labels(labels, task, graph)
+    preprocessing = dict(info.get("preprocessing") or {})
+    preprocessing.update(request.preprocess_overrides or {})
+    converter = dict(info.get("converter") or {})
+    converter["bundled_by"] = f"edge-agent {__version__}"
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        name=request.name or request.model_path.stem,
+        version=request.version or DEFAULT_VERSION,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        task=task,
+        labels=tuple(labels) if labels else None,
+        model_sha256=model_file.sha256,
+        model_size_bytes=len(model_file.content),
+        input=_input_spec(graph),
+        preprocessing=_preprocess_options(preprocessing),
+        converter=converter,
+        validation=info.get("validation") or None,
+    )
+    # Round-trip through the parser so that a bundle we write is one a board accepts.
+    try:
+        parse_manifest(manifest_to_bytes(manifest), str(request.model_path))
+    except ManifestError as err:
+        raise BundleInputError(str(err)) from None
+    return manifest, model_file.content
+
+
+def create_bundle_bytes(request: BundleRequest, key: PrivateKey | None) -> tuple[bytes, Manifest, Signature | None]:
+    manifest, model = build_manifest(request)
+    manifest_bytes = manifest_to_bytes(manifest)
+    signature = sign_manifest(manifest_bytes, key) if key is not None else None
+    return bundle_to_bytes(manifest_bytes, model, signature), manifest, signature
+
+
+def resign_bundle_bytes(bundle: Bundle, key: PrivateKey) -> tuple[bytes, Signature]:
+    """The same manifest and model with a new signature (replacing any old one)."""
+    signature = sign_manifest(bundle.manifest_bytes, key)
+    return bundle_to_bytes(bundle.manifest_bytes, bundle.model, signature), signature
+
+
+def _labels(request: BundleRequest, attached: list[str] | None) -> list[str] | None:
+    if request.labels_path is None:
+        return attached
+    try:
+        labels = parse_labels(request.labels_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleInputError(f"--labels: {request.labels_path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BundleInputError(f"--labels: {request.labels_path} cannot be read as UTF-8 text ({err})") from None
+    if not labels:
+        raise BundleInputError(f"--labels: {request.labels_path} holds no labels (one per line expected)")
+    return labels
+
+
+def _check_labels(labels: list[str] | None, task: str, graph: ModelGraph) -> None:
+    if task != "classification" or not labels or len(graph.outputs) != 1:
+        return
+    output = graph.tensor(graph.outputs[0])
+    classes = int(np.prod(output.shape[1:])) if output is not None and len(output.shape) > 1 else 0
+    if classes and len(labels) not in (classes, classes + 1):
+        raise BundleInputError(
+            f"the labels have {len(labels)} entries but the model's output has {classes} classes: "
+            "pass the labels file that belongs to this model"
+        )
+
+
+def _input_spec(graph: ModelGraph) -> dict[str, Any]:
+    tensor = graph.tensor(graph.inputs[0]) if graph.inputs else None
+    if tensor is None:
+        raise BundleInputError("the model has no input tensor")
+    quantized = tensor.quantized and len(tensor.scale) == 1
+    return {
+        "name": tensor.name,
+        "shape": list(tensor.shape),
+        "dtype": tensor.dtype,
+        "quantization": {"scale": tensor.scale[0], "zero_point": tensor.zero_point[0]} if quantized else None,
+    }
+
+
+def _preprocess_options(values: dict[str, Any]) -> PreprocessOptions:
+    defaults = PreprocessOptions()
+    return PreprocessOptions(
+        resize=values.get("resize", defaults.resize),
+        color=values.get("color", defaults.color),
+        mean=tuple(float(v) for v in values.get("mean", defaults.mean)),
+        std=tuple(float(v) for v in values.get("std", defaults.std)),
+    )
+
+
+def _output_specs(graph: ModelGraph) -> list[TensorSpec]:
+    return [_tensor_spec(graph.tensor(index)) for index in graph.outputs if graph.tensor(index) is not None]
+
+
+def _tensor_spec(tensor: TensorInfo) -> TensorSpec:
+    try:
+        dtype = np.dtype(tensor.dtype)
+    except TypeError:
+        dtype = np.dtype(np.float32)
+    scale = tensor.scale[0] if len(tensor.scale) == 1 else 0.0
+    zero_point = tensor.zero_point[0] if len(tensor.zero_point) == 1 else 0
+    return TensorSpec(tensor.index, tensor.name, tensor.shape, dtype, float(scale), int(zero_point))

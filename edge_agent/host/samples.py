@@ -1,0 +1,183 @@
+"""Samples for calibration and validation, turned into model inputs exactly as the board does it.
+
+A sample is either an image, kept as the BGR uint8 frame a camera would deliver, or an
+already-prepared tensor. Images become model inputs through the agent's own
+`edge_agent.preprocess.Preprocessor` (resize mode, colour order, mean/std, quantisation),
+so the host calibrates and validates with the very code the board runs.
+
+Accepted inputs:
+  image files      any size OpenCV decodes, resized like camera frames; refused when smaller
+                   than the model input (the board never sees such upscaled blur) or grey
+                   while the model takes colour
+  .npy / .npz `x`  uint8 [N, H, W] or [N, H, W, C]: pixels at the model's input size, channels
+                   in the model's colour order (--color); normalised like camera frames
+                   float [N, ...]: already preprocessed, used as they are; must match the input shape
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from edge_agent.config import PreprocessOptions
+from edge_agent.preprocess import PreprocessError, Preprocessor, image_input_size
+from edge_agent.runtime.model import TensorSpec
+from edge_agent.sources.spec import IMAGE_SUFFIXES
+
+Progress = Callable[[int, int], None]
+
+
+class SampleError(ValueError):
+    """Calibration or validation data that cannot feed the model (wrong size, channels, empty, unreadable)."""
+
+
+@dataclass
+class SampleSet:
+    """Images (BGR frames) or prepared tensors, with optional integer labels."""
+
+    source: str
+    frames: list[np.ndarray] | None = None
+    tensors: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames) if self.frames is not None else len(self.tensors)
+
+    def subset(self, indexes: np.ndarray) -> SampleSet:
+        return SampleSet(
+            self.source,
+            [self.frames[i] for i in indexes] if self.frames is not None else None,
+            self.tensors[indexes] if self.tensors is not None else None,
+            self.labels[indexes] if self.labels is not None else None,
+            self.class_names,
+        )
+
+    def model_inputs(self, spec: TensorSpec, options: PreprocessOptions) -> Iterator[np.ndarray]:
+        """Each sample as an array shaped and typed like `spec` (float, or quantised as the board does)."""
+        if self.frames is not None:
+            preprocessor = Preprocessor(spec, options)
+            for frame in self.frames:
+                buffer = preprocessor.new_buffer()
+                preprocessor.prepare(frame, buffer)
+                yield buffer
+            return
+        for tensor in self.tensors:
+            yield _tensor_as_input(tensor, spec)
+
+
+def float_input_spec(name: str, shape: tuple[int, ...]) -> TensorSpec:
+    """A TensorSpec for the original model's float input, so the Preprocessor can fill it."""
+    return TensorSpec(index=0, name=name, shape=tuple(shape), dtype=np.dtype(np.float32), scale=0.0, zero_point=0)
+
+
+def image_size_of(spec: TensorSpec, purpose: str) -> tuple[int, int, int]:
+    try:
+        return image_input_size(spec)
+    except PreprocessError:
+        raise SampleError(
+            f"{purpose}: the model's input {list(spec.shape)} is not an image; pass a .npy/.npz of prepared tensors"
+        ) from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(paths: list[Path], spec: TensorSpec, purpose: str, progress: Progress | None = None) -> list[np.ndarray]:
+    """Decode images to BGR frames, refusing ones that do not fit the model (see the module docstring)."""
+    height, width, channels = image_size_of(spec, purpose)
+    frames = []
+    for number, path in enumerate(paths, 1):
+        frames.append(_read_image(path, height, width, channels, purpose))
+        if progress:
+            progress(number, len(paths))
+    return frames
+
+
+def _read_image(path: Path, height: int, width: int, channels: int, purpose: str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise SampleError(f"{purpose}: {path} is not an image OpenCV can decode: remove it from the folder")
+    if image.dtype != np.uint8:
+        raise SampleError(f"{purpose}: {path} has {image.dtype} pixels; cameras deliver 8-bit images: save it as 8-bit")
+    if image.shape[0] < height or image.shape[1] < width:
+        raise SampleError(
+            f"{purpose}: {path} is {image.shape[1]}x{image.shape[0]} but the model input is {width}x{height}; "
+            "images smaller than the input are refused (a camera delivers larger frames): use images at least "
+            "the input size"
+        )
+    image_channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 3 and image_channels == 1:
+        raise SampleError(
+            f"{purpose}: {path} is a grey image but the model takes 3-channel colour input: use colour images "
+            "like the camera's"
+        )
+    if image_channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image_channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)  # what the board's IMREAD_COLOR does
+    if image_channels != 3:
+        raise SampleError(f"{purpose}: {path} has {image_channels} channels; expected grey, colour or colour+alpha")
+    return image
+
+
+def samples_from_array(array: np.ndarray, spec: TensorSpec, options: PreprocessOptions, source: str,
+                       purpose: str) -> SampleSet:
+    """A .npy/.npz array as samples: uint8 pixels become frames, floats are used as prepared tensors."""
+    if array.ndim < 2 or len(array) == 0:
+        raise SampleError(f"{purpose}: {source} holds an array of shape {list(array.shape)}; expected [N, ...] with N > 0")
+    if array.dtype == np.uint8:
+        return SampleSet(source, frames=_pixels_to_frames(array, spec, options, source, purpose))
+    if not np.issubdtype(array.dtype, np.floating):
+        raise SampleError(f"{purpose}: {source} has dtype {array.dtype}; expected uint8 pixels or float tensors")
+    expected = tuple(spec.shape[1:])
+    shape = tuple(array.shape[1:])
+    if shape != expected and not (shape + (1,) == expected):
+        raise SampleError(
+            f"{purpose}: {source} has samples of shape {list(shape)} but the model input is {list(spec.shape)} "
+            f"(wrong size or channel count): float arrays must already have the input's shape {list(expected)}"
+        )
+    return SampleSet(source, tensors=array.reshape((len(array),) + expected).astype(np.float32))
+
+
+def _pixels_to_frames(array: np.ndarray, spec: TensorSpec, options: PreprocessOptions, source: str,
+                      purpose: str) -> list[np.ndarray]:
+    height, width, channels = image_size_of(spec, purpose)
+    pixels = array[..., None] if array.ndim == 3 else array
+    if pixels.ndim != 4 or pixels.shape[1:] != (height, width, channels):
+        raise SampleError(
+            f"{purpose}: {source} holds uint8 images of shape {list(array.shape[1:])} but the model input is "
+            f"{height}x{width} with {channels} channel(s) (wrong size or channel count): pixel arrays must be "
+            f"[N, {height}, {width}, {channels}]"
+        )
+    if channels == 1:
+        return [cv2.cvtColor(p[:, :, 0], cv2.COLOR_GRAY2BGR) for p in pixels]
+    if options.color == "rgb":
+        return [cv2.cvtColor(p, cv2.COLOR_RGB2BGR) for p in pixels]
+    return [np.ascontiguousarray(p) for p in pixels]
+
+
+def _tensor_as_input(tensor: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    values = tensor.reshape(spec.shape)
+    if spec.dtype == np.float32:
+        return values.astype(np.float32)
+    if spec.quantized:
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.round(values / spec.scale + spec.zero_point), info.min, info.max).astype(spec.dtype)
+    return values.astype(spec.dtype)
+
+
+def load_array_file(path: Path, purpose: str) -> dict[str, np.ndarray]:
+    """Arrays of a .npy (as {"x": ...}) or .npz file; SampleError when unreadable."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        return {"x": np.load(path, allow_pickle=False)}
+    except (OSError, ValueError, EOFError) as err:
+        raise SampleError(f"{purpose}: {path} cannot be read as a numpy file ({err})") from None

@@ -1,0 +1,178 @@
+"""`edge-agent convert` from start to finish: load, calibrate, convert, label, validate, check, write.
+
+Nothing is written to OUT until every step has passed: the model is converted and
+validated in memory, and only then written with temp file + fsync + rename. A failed
+accuracy gate raises AccuracyGateError carrying the report (so CI still gets the JSON).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from edge_agent import __version__
+from edge_agent.atomic_file import write_file_atomically
+from edge_agent.config import PreprocessOptions
+from edge_agent.host.calibration import load_calibration, representative_dataset
+from edge_agent.host.convert import ConversionError, convert_to_tflite
+from edge_agent.host.edgetpu import COMPILER_HELP, analyse_readiness, find_compiler, run_compiler
+from edge_agent.host.metadata import (
+    CONVERSION_INFO_FILE,
+    LABELS_FILE,
+    attach_files,
+    conversion_info_bytes,
+    labels_file_bytes,
+)
+from edge_agent.host.report import build_report
+from edge_agent.host.samples import SampleError, float_input_spec
+from edge_agent.host.source_model import SourceModelError, load_source_model
+from edge_agent.host.tensorflow_loader import TensorFlowMissing, import_tensorflow
+from edge_agent.host.validate import AccuracyGateError, accuracy_gate_problem, load_validation_data, validate_conversion
+from edge_agent.models.keys import SigningKeyError
+from edge_agent.preprocess import PreprocessError
+from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file, parse_labels
+from edge_agent.runtime.tflite_file import model_file_from_bytes
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the input was wrong" (exit 2); AccuracyGateError is the only exit-1 case.
+HOST_INPUT_ERRORS = (
+    TensorFlowMissing, SourceModelError, SampleError, ConversionError, PreprocessError, ModelFileError,
+    ModelLoadError, DelegateError, SigningKeyError, OSError, ValueError,
+)
+ProgressFactory = Callable[[str], Callable[[int, int], None]]
+
+__all__ = ["AccuracyGateError", "ConvertRequest", "HOST_INPUT_ERRORS", "run_convert"]
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    source: Path
+    output: Path
+    quantize: str = "none"
+    io_type: str = "uint8"
+    calibration: Path | None = None
+    calibration_limit: int = 300
+    signature: str | None = None
+    labels: Path | None = None
+    task: str | None = None
+    resize: str = "stretch"
+    color: str = "rgb"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (255.0,)
+    validate: Path | None = None
+    max_accuracy_drop: float | None = None
+    threads: int = 0
+    edgetpu: bool = False
+
+    @property
+    def preprocess(self) -> PreprocessOptions:
+        return PreprocessOptions(resize=self.resize, color=self.color, mean=tuple(self.mean), std=tuple(self.std))
+
+
+def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None) -> dict:
+    """Convert, validate and check one model; returns the report (see report.build_report)."""
+    _check_request(request)
+    import_tensorflow()  # fail first, with the install command, when the host extra is missing
+    labels = _read_labels(request.labels)
+    options = request.preprocess
+    if any(s == 0 for s in options.std):
+        raise ValueError("--std must not contain 0")
+    source = load_source_model(request.source, request.signature)
+    float_spec = float_input_spec(source.input.name, source.input.shape)
+    calibration = None
+    representative = None
+    if request.quantize == "int8":
+        if len(source.inputs) != 1:
+            raise SourceModelError(f"{request.source} has {len(source.inputs)} inputs; int8 calibration supports one")
+        calibration = load_calibration(request.calibration, float_spec, options, request.calibration_limit,
+                                       progress("calibration") if progress else None)
+        representative = representative_dataset(calibration, float_spec, options)
+    elif request.calibration is not None:
+        logger.warning("--calibration is only used by --quantize int8; ignoring it for %s", request.quantize)
+    logger.info("converting %s (%s) with --quantize %s", request.source, source.kind, request.quantize)
+    converted = convert_to_tflite(source, request.quantize, request.io_type, representative)
+    model_file = model_file_from_bytes(request.output, converted)
+    loaded = load_model_file(model_file, runtime="auto", num_threads=request.threads or None)
+    task = request.task or loaded.guess_task()
+    if labels and task == "classification":
+        classes = loaded.outputs[0].shape[-1]
+        if len(labels) not in (classes, classes + 1):
+            raise ValueError(f"--labels has {len(labels)} entries but the model's output has {classes} classes: "
+                             "pass the labels file that belongs to this model")
+    validation = None
+    if request.validate is not None:
+        samples = load_validation_data(request.validate, float_spec, options, labels,
+                                       progress("validation data") if progress else None)
+        if request.max_accuracy_drop is not None and samples.labels is None:
+            raise SampleError("--max-accuracy-drop needs labelled validation data (sub-folders per label, or y in the .npz)")
+        validation = validate_conversion(source, loaded, samples, options, progress("validating") if progress else None)
+    readiness = analyse_readiness(converted, str(request.output)) if request.quantize == "int8" else None
+    info = {
+        "source": str(request.source),
+        "source_kind": source.kind,
+        "signature": source.signature,
+        "task": task,
+        "labels": labels,
+        "preprocessing": {"resize": options.resize, "color": options.color, "mean": list(options.mean),
+                          "std": list(options.std)},
+        "converter": {"edge_agent": __version__, "tensorflow": import_tensorflow().__version__,
+                      "quantize": request.quantize, "io_type": request.io_type if request.quantize == "int8" else None},
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "validation": validation.to_dict() if validation else None,
+    }
+    files = {CONVERSION_INFO_FILE: conversion_info_bytes(info)}
+    if labels and task == "classification":
+        files[LABELS_FILE] = labels_file_bytes(labels)
+    final = attach_files(converted, files)
+    report = build_report(request, source, final, loaded, calibration, validation, readiness, info)
+    if validation is not None and request.max_accuracy_drop is not None:
+        problem = accuracy_gate_problem(validation, request.max_accuracy_drop)
+        report["passed"] = problem is None
+        if problem:
+            raise AccuracyGateError(problem, report)
+    if request.edgetpu:
+        report["edgetpu_compiler"] = _compile_for_edgetpu(final, request.output)
+    write_file_atomically(request.output, final)
+    return report
+
+
+def _check_request(request: ConvertRequest) -> None:
+    if request.quantize == "int8" and request.calibration is None:
+        raise ValueError("--quantize int8 needs --calibration DATA (a folder of images or a .npy file like the camera's)")
+    if request.max_accuracy_drop is not None and request.validate is None:
+        raise ValueError("--max-accuracy-drop needs --validate DATA to measure the accuracy")
+    if request.output.exists() and request.output.is_dir():
+        raise ValueError(f"-o {request.output} is a folder: name the .tflite file to write")
+    if not request.output.parent.is_dir():
+        raise ValueError(f"-o {request.output}: the folder {request.output.parent} does not exist")
+
+
+def _read_labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        labels = parse_labels(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--labels: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--labels: {path} cannot be read as UTF-8 text ({err})") from None
+    if not labels:
+        raise ValueError(f"--labels: {path} holds no labels (one per line expected)")
+    return labels
+
+
+def _compile_for_edgetpu(model: bytes, output: Path) -> dict:
+    if find_compiler() is None:
+        logger.warning("%s", COMPILER_HELP)
+        return {"available": False, "message": COMPILER_HELP}
+    run = run_compiler(model, output.stem)
+    result = {"available": True, "returncode": run.returncode, "log": run.log, "output": None}
+    if run.compiled_model is not None and run.returncode == 0:
+        compiled_path = output.with_name(f"{output.stem}_edgetpu.tflite")
+        write_file_atomically(compiled_path, run.compiled_model)
+        result["output"] = str(compiled_path)
+    return result

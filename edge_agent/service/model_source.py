@@ -1,0 +1,94 @@
+"""Open the file a pipeline's `model` names: a bare .tflite, or a bundle checked against the trusted keys.
+
+The rule (config keys `trusted_keys` and `allow_unsigned_models`):
+  - A bundle is always checked for integrity: container, manifest format, model SHA-256.
+  - A bundle signed by a trusted key is loaded. A bundle whose signature names a trusted
+    key but does not verify is always refused (the manifest was altered).
+  - Anything else (a bare .tflite, an unsigned bundle, a bundle signed by an unknown key)
+    is loaded only when `allow_unsigned_models` is true -- its default while `trusted_keys`
+    is empty, so a device without keys keeps running plain .tflite files -- and refused
+    with a clear error otherwise.
+A bundle's manifest supplies the task, labels and preprocessing; pipeline keys the user
+set explicitly (`task` other than "auto", `labels`, keys inside [preprocess]) win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+from edge_agent.config import PipelineConfig, PreprocessOptions
+from edge_agent.runtime.tflite_file import ModelFile, model_file_from_bytes, read_model_file
+
+if TYPE_CHECKING:
+    from edge_agent.models.keys import PublicKey
+    from edge_agent.models.manifest import Manifest
+
+# edge_agent.models (and with it `cryptography`, ~11 MB of RSS) is imported only when a
+# bundle is actually opened: a device running plain .tflite files does not pay for it.
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """Model bytes ready for the runtime, and the manifest when they came from a bundle."""
+
+    model_file: ModelFile
+    manifest: Manifest | None
+    provenance: str  # for the log: who vouches for these bytes
+
+
+def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_models: bool = True) -> OpenedModel:
+    """Read `path` as a bundle or a .tflite, applying the trust rule in the module docstring."""
+    from edge_agent.models.bundle import BundleTrustError, check_trust, is_bundle_file, read_bundle
+
+    if not is_bundle_file(path):
+        if not allow_unsigned_models:
+            raise BundleTrustError(
+                f"{path} is a bare .tflite model, but this device only accepts signed bundles (trusted_keys is set): "
+                "bundle and sign it (`edge-agent bundle create MODEL.tflite --key NAME.key -o MODEL.eab`), "
+                "or set allow_unsigned_models = true"
+            )
+        return OpenedModel(read_model_file(path), None, "unsigned .tflite")
+    bundle = read_bundle(path)
+    keys = load_trusted_keys(trusted_keys)
+    try:
+        key = check_trust(bundle, keys)
+        provenance = f"bundle signed by trusted key {key.key_id} ({key.source})"
+    except BundleTrustError as err:
+        altered = bundle.signature is not None and any(k.key_id == bundle.signature.key_id for k in keys)
+        if altered:
+            raise
+        if not allow_unsigned_models:
+            raise BundleTrustError(f"{err} (allow_unsigned_models is false)") from None
+        logger.warning("%s -- loading it anyway because allow_unsigned_models is true", err)
+        provenance = "bundle not verified (allow_unsigned_models = true)"
+    return OpenedModel(model_file_from_bytes(path, bundle.model), bundle.manifest, provenance)
+
+
+def load_trusted_keys(paths: tuple[str, ...]) -> list[PublicKey]:
+    from edge_agent.models.keys import SigningKeyError, load_public_key
+
+    keys = []
+    for path in paths:
+        try:
+            keys.append(load_public_key(path))
+        except SigningKeyError as err:
+            raise SigningKeyError(f"trusted_keys: {err}") from None
+    return keys
+
+
+def apply_manifest(config: PipelineConfig, manifest: Manifest) -> PipelineConfig:
+    """The pipeline config with the manifest's task and preprocessing where the user set none."""
+    manifest_options = dataclasses.asdict(manifest.preprocessing)
+    user_options = dataclasses.asdict(config.preprocess)
+    merged = {key: user_options[key] if key in config.preprocess_keys else value for key, value in manifest_options.items()}
+    return dataclasses.replace(
+        config,
+        task=config.task if config.task != "auto" else manifest.task,
+        preprocess=PreprocessOptions(**merged),
+    )
