@@ -202,7 +202,7 @@ def _bench_command(args: argparse.Namespace) -> int:
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         results = run_bench(options, progress)
-    except (FileNotFoundError, RuntimeError, ConnectionError) as err:
+    except (OSError, RuntimeError, ValueError) as err:  # model, runtime, broker: each says what to fix
         print(f"edge-agent bench: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(results) if args.json else "\n" + format_results(results))

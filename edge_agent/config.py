@@ -49,6 +49,7 @@ class SourceSpec:
     fps: float = 0.0
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    realtime: bool = False  # a file paced by max_fps that drops frames like a camera when the model is slower
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def _parse_source(table: _Table) -> SourceSpec:
         fps=source.number("fps", 0.0, minimum=0.0),
         open_timeout_s=source.number("open_timeout_s", 5.0, minimum=0.1),
         read_timeout_s=source.number("read_timeout_s", 5.0, minimum=0.1),
+        realtime=source.bool("realtime", False),
     )
     source.reject_unknown()
     return spec

@@ -39,7 +39,7 @@ port = {port}
 model = "{model}"
 runtime = "{runtime}"
 num_threads = {threads}
-source = {{ uri = "{source}", loop = true }}
+source = {{ uri = "{source}", loop = true, realtime = {realtime} }}
 max_fps = {max_fps}
 """
 
@@ -88,7 +88,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
             text = CONFIG_TEMPLATE.format(
                 device=device, workdir=workdir, host=host, port=port, model=Path(model).resolve(),
                 runtime=runtime, threads=threads, source=Path(source).resolve() if Path(source).exists() else source,
-                max_fps=max_fps,
+                max_fps=max_fps, realtime="true" if max_fps else "false",
             )
             return run_agent(text, workdir, host, port, device, seconds)
 

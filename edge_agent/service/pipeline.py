@@ -74,7 +74,8 @@ class Pipeline:
         # invoke() stops it (systemd's watchdog restarts the agent), a missing camera does not
         self.heartbeat_mono = time.monotonic()
         self._active = active
-        self._slot: FrameSlot[PreparedFrame] = FrameSlot(newest_wins=self.live)
+        # a file replayed with realtime = true behaves like a camera: the newest frame wins
+        self._slot: FrameSlot[PreparedFrame] = FrameSlot(newest_wins=self.live or config.source.realtime)
         self._results: queue.Queue[Inferred | None] = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
         self._stop = threading.Event()
         self._finished = threading.Event()
