@@ -40,11 +40,11 @@ def write_file_atomically(path: str | Path, data: bytes, mode: int | None = None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return path
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (not possible on every file system; best effort)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

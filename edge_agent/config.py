@@ -94,6 +94,7 @@ class MqttConfig:
     username: str = ""
     password_file: str = ""
     password_env: str = ""
+    password_credential: str = ""  # a systemd credential name (LoadCredential=NAME:...)
     tls: TlsConfig | None = None
     keepalive_s: int = 30
     qos: int = 1
@@ -117,6 +118,18 @@ class SerialConfig:
     baud: int = 115200
     format: str = "json"
     write_timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Model updates pushed over MQTT (`edge-agent push`) and the model store under state_dir/models."""
+
+    enabled: bool = True  # accept pushes and rollback requests
+    keep: int = 3  # model versions kept per pipeline (the active one and the rollback target always stay)
+    max_mb: float = 50.0  # largest bundle accepted
+    transfer_timeout_s: float = 120.0  # a transfer with no message for this long is abandoned
+    selftest_timeout_s: float = 60.0  # the self-test child is killed after this long
+    probation_s: float = 60.0  # a new model that fails within this window is rolled back
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,10 @@ class AgentConfig:
     serial: SerialConfig | None = None
     trusted_keys: tuple[str, ...] = ()  # .pub files whose signatures on model bundles are trusted
     allow_unsigned_models: bool = True  # parse_config's default: true only while trusted_keys is empty
+    # pushed bundles must be signed by a trusted key unless allow_unsigned_models = true is set explicitly
+    allow_unsigned_pushes: bool = False
+    groups: tuple[str, ...] = ()  # announced in the retained state; `edge-agent push --group NAME` targets them
+    models: ModelsConfig = ModelsConfig()
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -190,6 +207,9 @@ def parse_config(data: dict[str, Any], base_dir: Path = Path("."), source: str =
         pipelines=_parse_pipelines(root),
         trusted_keys=(trusted_keys := _parse_trusted_keys(root)),
         allow_unsigned_models=root.bool("allow_unsigned_models", not trusted_keys),
+        allow_unsigned_pushes=data.get("allow_unsigned_models") is True,
+        groups=_parse_groups(root),
+        models=_parse_models(root.table("models")),
     )
     root.reject_unknown()
     for pipeline in config.pipelines:
@@ -209,6 +229,7 @@ def _parse_mqtt(table: _Table) -> MqttConfig:
         username=table.str("username", ""),
         password_file=table.path("password_file", ""),
         password_env=table.str("password_env", ""),
+        password_credential=table.str("password_credential", ""),
         tls=(
             TlsConfig(
                 ca_file=tls.path("ca_file", ""),
@@ -225,6 +246,10 @@ def _parse_mqtt(table: _Table) -> MqttConfig:
         client_id=table.str("client_id", ""),
         state_interval_s=table.number("state_interval_s", 5.0, minimum=0.1),
     )
+    if "/" in config.password_credential:
+        table.errors.append("mqtt.password_credential: a credential name as in LoadCredential=NAME:..., not a path")
+    if sum(bool(v) for v in (config.password_file, config.password_env, config.password_credential)) > 1:
+        table.errors.append("mqtt: use only one of password_file, password_env, password_credential")
     if tls:
         tls.reject_unknown()
         if bool(config.tls.cert_file) != bool(config.tls.key_file):
@@ -240,6 +265,25 @@ def _parse_spool(table: _Table) -> SpoolConfig:
         enabled=table.bool("enabled", True),
         max_mb=table.number("max_mb", 100.0, minimum=0.01),
         policy=table.choice("policy", SPOOL_POLICIES, "drop_oldest"),
+    )
+    table.reject_unknown()
+    return config
+
+
+def _parse_groups(root: _Table) -> tuple[str, ...]:
+    groups = root.list("groups", [], item=lambda v: isinstance(v, str) and _topic_safe(v),
+                       expected="a list of group names without '/', '+', '#' or spaces")
+    return tuple(dict.fromkeys(groups))
+
+
+def _parse_models(table: _Table) -> ModelsConfig:
+    config = ModelsConfig(
+        enabled=table.bool("enabled", True),
+        keep=table.int("keep", 3, minimum=1),
+        max_mb=table.number("max_mb", 50.0, minimum=0.001),
+        transfer_timeout_s=table.number("transfer_timeout_s", 120.0, minimum=0.1),
+        selftest_timeout_s=table.number("selftest_timeout_s", 60.0, minimum=1.0),
+        probation_s=table.number("probation_s", 60.0, minimum=0.0),
     )
     table.reject_unknown()
     return config

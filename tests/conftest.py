@@ -49,7 +49,7 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> 
 class Broker:
     """A real mosquitto process on 127.0.0.1:port that tests can stop and start again."""
 
-    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False):
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False, password_file: Path | None = None):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.fail("mosquitto is not installed: `make test` installs it with apt-get")
@@ -57,11 +57,16 @@ class Broker:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.persistence = persistence
+        self.password_file = password_file  # a mosquitto_passwd file: then anonymous clients are refused
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
         conf = self.workdir / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "user root"]
+        lines = [f"listener {self.port} 127.0.0.1", "user root"]
+        if self.password_file:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines += ["allow_anonymous true"]
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
         conf.write_text("\n".join(lines) + "\n")

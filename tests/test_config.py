@@ -32,7 +32,6 @@ host = "broker.local"
 port = 8883
 username = "agent"
 password_file = "secrets/mqtt.pass"
-password_env = "MQTT_PASSWORD"
 keepalive_s = 20
 qos = 0
 topic_prefix = "factory/edge"
@@ -109,7 +108,7 @@ def test_full_config_parses_every_section(tmp_path):
 
     mqtt = config.mqtt
     assert (mqtt.enabled, mqtt.host, mqtt.port, mqtt.username) == (True, "broker.local", 8883, "agent")
-    assert mqtt.password_file == str(tmp_path / "secrets/mqtt.pass") and mqtt.password_env == "MQTT_PASSWORD"
+    assert mqtt.password_file == str(tmp_path / "secrets/mqtt.pass") and mqtt.password_env == ""
     assert (mqtt.keepalive_s, mqtt.qos, mqtt.topic_prefix, mqtt.client_id) == (20, 0, "factory/edge", "agent-cam-01")
     assert mqtt.state_interval_s == 2.5
     assert mqtt.tls == TlsConfig(ca_file=str(tmp_path / "certs/ca.pem"), cert_file="/etc/ssl/client.pem",
@@ -391,3 +390,12 @@ def test_run_with_a_missing_config_exits_2(tmp_path):
     result = run_cli("run", "--config", tmp_path / "absent.toml")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "does not exist" in result.stderr
+
+
+
+def test_only_one_password_source_and_credentials_are_names():
+    data = one_pipeline()
+    data["mqtt"] = {"password_file": "p", "password_env": "P", "password_credential": "../etc/x"}
+    problems = problems_of(data)
+    assert any("only one of password_file, password_env, password_credential" in p for p in problems)
+    assert any(p.startswith("mqtt.password_credential:") and "not a path" in p for p in problems)

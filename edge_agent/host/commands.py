@@ -1,4 +1,5 @@
-"""The workstation subcommands of `edge-agent`: convert, keys, bundle, edgetpu-check.
+"""The workstation subcommands of `edge-agent`: convert, keys, bundle, edgetpu-check (push and models
+live in host.model_commands).
 
 Only `convert` needs TensorFlow (imported when it runs); the others work on a board too.
 Errors end as one line on stderr and an exit status: 2 for bad input (including a bundle
@@ -24,11 +25,14 @@ TASKS = ("classification", "detection", "raw")
 
 
 def register_host_commands(commands: argparse._SubParsersAction) -> None:
-    """Add convert, keys, bundle and edgetpu-check to the `edge-agent` parser."""
+    """Add convert, keys, bundle, edgetpu-check, push and models to the `edge-agent` parser."""
+    from edge_agent.host.model_commands import register_model_commands
+
     _add_convert(commands)
     _add_keys(commands)
     _add_bundle(commands)
     _add_edgetpu_check(commands)
+    register_model_commands(commands)
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:

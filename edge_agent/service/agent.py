@@ -17,7 +17,8 @@ from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
-from edge_agent.service.active_model import build_active_model
+from edge_agent.models.store import StoreError, pipeline_store
+from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.pipeline import Pipeline
 from edge_agent.service.reload import effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 GIL_SWITCH_INTERVAL_S = 0.0005
+RESTART_JOIN_S = 2.0
 
 
 class Agent:
@@ -41,7 +43,10 @@ class Agent:
         self.started_mono = time.monotonic()
         self.pipelines: dict[str, Pipeline] = {}
         self.failed: dict[str, str] = {}  # pipelines that could not start, with the reason
+        # reload (main thread) and model updates (their own threads) change pipelines one at a time
+        self._pipelines_lock = threading.RLock()
         self.mqtt = None
+        self.updates = None  # ModelUpdates, when the agent has an MQTT connection
         self._sinks: dict[str, Sink] = {}
         self.notifier = Notifier.from_environment()
         self.watchdog = Watchdog(self.notifier)
@@ -63,18 +68,25 @@ class Agent:
         # other (measured: a tiny model published 2,000/s at 5 ms and 4,000-6,000/s at 0.5 ms).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
-            self._make_sinks()
+            try:
+                self._make_sinks()
+            except ValueError as err:  # MqttSetupError: unreadable password or certificate files
+                logger.error("%s", err)
+                return 2
             self._make_pipelines()
             if not self.pipelines:
                 logger.error("no pipeline could start; see the errors above")
                 return 1
             if self.mqtt is not None:
+                self._start_model_updates()  # subscribes before connecting
                 self.mqtt.start()
             for pipeline in self.pipelines.values():
                 pipeline.start()
             self._wait()
         finally:
             self._shutdown()
+        if self.stop_event.is_set():
+            return 0  # a requested stop (SIGTERM, Ctrl-C) is not a failure; failures were logged and reported
         return 1 if self.failed or any(p.status == "failed" for p in self.pipelines.values()) else 0
 
     def _make_sinks(self) -> None:
@@ -104,6 +116,13 @@ class Agent:
 
             self._sinks["stdout"] = StdoutSink()
 
+    def _start_model_updates(self) -> None:
+        from edge_agent.service.model_updates import ModelUpdates
+        from edge_agent.service.probation import stall_limit_s
+
+        self.updates = ModelUpdates(self, self.mqtt, stall_limit_s(self.notifier.watchdog_timeout_s))
+        self.updates.start()
+
     def _make_pipelines(self) -> None:
         for pipeline_config in self.config.pipelines:
             try:
@@ -113,9 +132,10 @@ class Agent:
                 self.failed[pipeline_config.name] = message
                 logger.error("pipeline %s cannot start: %s", pipeline_config.name, message)
 
-    def _make_pipeline(self, config: PipelineConfig, last_seq: int | None = None) -> Pipeline:
-        active = build_active_model(config, trusted_keys=self.config.trusted_keys,
-                                    allow_unsigned_models=self.config.allow_unsigned_models)
+    def _make_pipeline(self, config: PipelineConfig, last_seq: int | None = None,
+                       active: ActiveModel | None = None) -> Pipeline:
+        if active is None:
+            active = self._build_model(config)
         logger.info(
             "pipeline %s: model %s (%s, sha256 %s…) on %s, delegate %s, %d threads",
             config.name, active.ref.name, active.task, active.ref.sha256[:12],
@@ -126,6 +146,46 @@ class Agent:
         if last_seq is None:
             last_seq = spool.last_seq(config.name) if spool is not None else 0  # numbering survives restarts
         return Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq)
+
+    def _build_model(self, config: PipelineConfig) -> ActiveModel:
+        """The model store's active model (a pushed one) while the config still names the model the
+        store's history began with; otherwise, or when that model cannot be used, the config's."""
+        store = pipeline_store(self.config.state_dir, config.name, self.config.models.keep)
+        try:
+            stored = store.active_for(config.model)
+        except StoreError as err:
+            logger.error("pipeline %s: %s; using the config's model", config.name, err)
+            stored = None
+        if stored is not None:
+            try:
+                active = build_active_model(config, model_path=str(store.path(stored)), trusted_keys=self.config.trusted_keys,
+                                            allow_unsigned_models=self.config.allow_unsigned_models)
+                logger.info("pipeline %s: using %s %s from the model store (pushed as %s); the config names %s",
+                            config.name, stored.name, stored.version, stored.origin, config.model)
+                return active
+            except Exception as err:  # a stored model that no longer loads must not keep the pipeline down
+                logger.error("pipeline %s: the model store's active model %s cannot be used (%s); using the config's model",
+                             config.name, store.path(stored), err)
+        return build_active_model(config, trusted_keys=self.config.trusted_keys,
+                                  allow_unsigned_models=self.config.allow_unsigned_models)
+
+    def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None:
+        """Serve `active` in pipeline `name`: swapped between two frames, or, when the pipeline has
+        failed, has not started, or `restart` is asked (a hung invoke), in a new pipeline."""
+        with self._pipelines_lock:
+            pipeline = self.pipelines.get(name)
+            if pipeline is not None and not restart and not pipeline.finished.is_set():
+                pipeline.swap_model(active)
+                return
+            config = next(p for p in self.config.pipelines if p.name == name)
+            new = self._make_pipeline(config, last_seq=pipeline.last_seq if pipeline is not None else None, active=active)
+            if pipeline is not None:
+                pipeline.stop()
+                pipeline.join(min(self.config.shutdown_timeout_s, RESTART_JOIN_S))  # a hung invoke is left behind
+            self.failed.pop(name, None)
+            self.pipelines[name] = new
+            new.start()
+            logger.info("pipeline %s restarted with model %s", name, active.ref.name)
 
     def _wait(self) -> None:
         next_state = time.monotonic()
@@ -140,14 +200,22 @@ class Agent:
                 self.publish_state()
                 next_state = time.monotonic() + interval_s
             self._tell_systemd()
-            if all(p.finished.is_set() for p in self.pipelines.values()):
+            if all(p.finished.is_set() and not self._on_probation(name) for name, p in list(self.pipelines.items())):
                 logger.info("every pipeline has ended")
                 return
             self._wake.wait(POLL_S)
             self._wake.clear()
 
+    def _on_probation(self, name: str) -> bool:
+        """A pipeline that fails on probation is about to be rolled back, not finished."""
+        return self.updates is not None and self.updates.in_probation(name)
+
     def reload(self) -> None:
         """Apply the config file again; an invalid file is refused and the running config stays."""
+        with self._pipelines_lock:
+            self._reload()
+
+    def _reload(self) -> None:
         if self.config_path is None:
             logger.warning("reload ignored: the agent was started without a config file")
             return
@@ -160,7 +228,7 @@ class Agent:
             return
         plan = plan_reload(self.config, new)
         if plan.ignored:
-            logger.warning("reload: %s changed; that takes a restart (systemctl restart edge-agent)", ", ".join(plan.ignored))
+            logger.warning("reload: %s changed; that takes a restart (systemctl restart edge-agent)", ", ".join(plan.ignored_keys))
         self.config = effective_config(self.config, new, plan)
         for name in plan.remove:
             self.failed.pop(name, None)
@@ -182,8 +250,7 @@ class Agent:
             self._replace_pipeline(config)
             return
         try:
-            active = build_active_model(config, trusted_keys=self.config.trusted_keys,
-                                        allow_unsigned_models=self.config.allow_unsigned_models)
+            active = self._build_model(config)
         except Exception as err:  # keep serving with the model that works
             logger.error("reload: pipeline %s keeps its model: %s", config.name, err)
             return
@@ -208,16 +275,27 @@ class Agent:
         new.start()
         logger.info("reload: pipeline %s %s", config.name, "restarted" if old else "started")
 
+    def _started_up(self) -> bool:
+        """Every pipeline has published, ended, or found its source missing: start-up is over.
+        (A board that boots without its camera must still become ready, not be restarted.)"""
+        def settled(pipeline: Pipeline) -> bool:
+            health = pipeline.source_health
+            return bool(pipeline.first_published_mono) or pipeline.finished.is_set() or (
+                health is not None and health.state == "lost")
+        return all(settled(p) for p in self.pipelines.values())
+
     def _tell_systemd(self) -> None:
         """READY=1 after the first prediction; watchdog pings while every running pipeline beats."""
         running = {name: p for name, p in self.pipelines.items() if not p.finished.is_set()}
-        if not self._ready_sent and any(p.first_published_mono for p in self.pipelines.values()):
+        if not self._ready_sent and self._started_up():
             self._ready_sent = self.notifier.ready(f"{len(running)} pipeline(s) running")
         status = ", ".join(f"{name} {p.frames_processed} frames" for name, p in running.items())
         self.watchdog.tick({name: p.heartbeat_mono for name, p in running.items()}, status)
 
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
+        if self.updates is not None:
+            self.updates.stop()
         deadline = time.monotonic() + self.config.shutdown_timeout_s
         for pipeline in self.pipelines.values():
             pipeline.stop()
@@ -230,14 +308,15 @@ class Agent:
 
     def state(self) -> dict:
         """The retained state message: version, uptime, and every pipeline's counters."""
-        pipelines = {name: p.snapshot() for name, p in self.pipelines.items()}
-        for name, reason in self.failed.items():
+        pipelines = {name: p.snapshot() for name, p in list(self.pipelines.items())}
+        for name, reason in list(self.failed.items()):
             pipelines[name] = {"status": "failed", "error": reason}
         state = {
             "device": self.config.device_id,
             "version": __version__,
             "ts": round(time.time(), 3),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "groups": list(self.config.groups),
             "pipelines": pipelines,
         }
         if self.mqtt is not None:

@@ -3,7 +3,8 @@
 Model-only changes (model file, labels, task, thresholds, preprocessing, runtime, delegate)
 swap the model between two frames; changes to a pipeline's source, sinks or pacing restart
 that pipeline; MQTT, spool, serial, device id and state directory need a restart of the
-agent, because changing them would drop the MQTT session.
+agent, because changing them would drop the MQTT session; so do trusted keys and [models]
+(the model updater holds them). `groups` take effect at the next state message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ MODEL_FIELDS = frozenset({
     "model", "labels", "task", "runtime", "delegate", "on_delegate_failure", "num_threads",
     "top_k", "threshold", "max_detections", "preprocess",
 })
-AGENT_FIELDS_NEEDING_RESTART = ("device_id", "state_dir", "mqtt", "spool", "serial", "trusted_keys", "allow_unsigned_models")
+AGENT_FIELDS_NEEDING_RESTART = ("device_id", "state_dir", "mqtt", "spool", "serial", "trusted_keys", "allow_unsigned_models",
+                                "allow_unsigned_pushes", "models")
+
+_CONFIG_KEY = {"allow_unsigned_pushes": "allow_unsigned_models"}  # derived fields and the key they come from
 
 
 @dataclass
@@ -26,6 +30,11 @@ class ReloadPlan:
     restart: list[PipelineConfig] = field(default_factory=list)
     swap_model: list[PipelineConfig] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # agent-level keys that need a restart
+
+    @property
+    def ignored_keys(self) -> list[str]:
+        """The config keys behind `ignored`, as the user wrote them (for the log)."""
+        return list(dict.fromkeys(_CONFIG_KEY.get(name, name) for name in self.ignored))
 
     @property
     def empty(self) -> bool:

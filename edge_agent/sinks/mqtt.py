@@ -4,6 +4,8 @@ Topics (all under `{prefix}/{device}`):
   status                 retained "online"; Last Will and clean shutdown retained "offline"
   {pipeline}/predictions one JSON message per processed frame
   state                  retained JSON, every `state_interval_s`
+  models/...             model pushes and rollbacks (subscribed through `subscribe`; see
+                         edge_agent.models.update_protocol)
 
 The client connects in the background and reconnects with capped exponential backoff, so
 an unreachable broker at start never stops capture. Connection changes are logged once.
@@ -41,7 +43,20 @@ class MqttSetupError(ValueError):
 
 
 def read_password(config: MqttConfig) -> str | None:
-    """The password from password_file or password_env; never logged."""
+    """The password from password_credential, password_file or password_env; never logged."""
+    if config.password_credential:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise MqttSetupError(
+                f"mqtt.password_credential names {config.password_credential!r} but $CREDENTIALS_DIRECTORY is not set: "
+                "run under systemd (LoadCredential=) or use password_file"
+            )
+        path = Path(directory) / config.password_credential
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n") or None  # an empty file: no password
+        except OSError as err:
+            raise MqttSetupError(f"mqtt.password_credential: {path} cannot be read: {err.strerror}; "
+                                 "check LoadCredential= in the unit") from None
     if config.password_file:
         try:
             return Path(config.password_file).read_text(encoding="utf-8").rstrip("\r\n")
@@ -79,6 +94,7 @@ class MqttPublisher:
         self._stopping = False
         self._last_refusal = ""
         self._clean_session = clean_session
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._client = self._make_client()
 
     def prediction_topic(self, pipeline: str) -> str:
@@ -116,6 +132,23 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
+
+    def subscribe(self, topic: str, on_message: Callable[[str, bytes], None]) -> None:
+        """Receive QoS 1 messages on `topic` (wildcards allowed) as `on_message(topic, payload)`.
+
+        The callback runs on paho's network thread, so it must only hand the message over (put it
+        on a queue); the work belongs on the caller's own thread. The subscription is renewed at
+        every (re)connect, so it survives a broker that restarted and forgot the session."""
+        def deliver(client, userdata, message) -> None:
+            try:
+                on_message(message.topic, bytes(message.payload))
+            except Exception:  # the edge of a callback: never let it break paho's loop
+                logger.exception("MQTT handler for %s failed", topic)
+
+        self._subscriptions[topic] = on_message
+        self._client.message_callback_add(topic, deliver)
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=1)
 
     def attach_spool(self, spool: SpoolSender) -> None:
         """Route QoS>0 predictions through a disk spool (see sinks.spool_sender)."""
@@ -235,6 +268,8 @@ class MqttPublisher:
                     "back" if self._was_connected else "connected")
         self._was_connected = True
         self.connected.set()
+        if self._subscriptions:
+            client.subscribe([(topic, 1) for topic in self._subscriptions])
         self.publish(self.status_topic, "online", qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -253,16 +288,35 @@ class MqttPublisher:
                 self._acked_early.add(mid)
 
 
-class MqttListener:
-    """A small subscriber for the tools that watch the agent (demo, bench, push)."""
+class Delivery:
+    """Whether a message handed to MqttListener.publish has reached the broker (QoS 1: acknowledged)."""
 
-    def __init__(self, host: str, port: int, topics: list[str], on_message, client_id: str = ""):
+    def __init__(self, info: mqtt.MQTTMessageInfo):
+        self._info = info
+
+    def done(self) -> bool:
+        return self._info.is_published()
+
+
+class MqttListener:
+    """A small client for the tools that watch and command agents (demo, bench, push, rollback).
+
+    `on_message(topic, payload)` runs on paho's network thread. The client reconnects by itself
+    (0.5 s to 5 s apart) and subscribes again each time; QoS 1 messages not yet acknowledged are
+    sent again after a reconnect."""
+
+    def __init__(self, host: str, port: int, topics: list[str], on_message, client_id: str = "",
+                 max_inflight: int = 20, username: str = "", password: str | None = None):
         self._topics = topics
         self._subscribed = threading.Event()
         self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username or password:
+            self._client.username_pw_set(username or None, password)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+        self._client.reconnect_delay_set(0.5, 5)
+        self._client.max_inflight_messages_set(max_inflight)
         self._host, self._port = host, port
 
     def start(self, timeout_s: float = 5.0) -> None:
@@ -276,8 +330,9 @@ class MqttListener:
             self.stop()
             raise ConnectionError(f"the MQTT broker at {self._host}:{self._port} did not confirm the subscription")
 
-    def publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False) -> None:
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False) -> Delivery:
+        """Queue a message (paho keeps QoS 1 messages across a reconnect); track it with the Delivery."""
+        return Delivery(self._client.publish(topic, payload, qos=qos, retain=retain))
 
     def stop(self) -> None:
         self._client.disconnect()

@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Install edge-agent on a board as a systemd service, or remove it again.
+#
+#   sudo deploy/install.sh                         from this repository (needs PyPI)
+#   sudo deploy/install.sh --wheelhouse DIR        offline, from deploy/wheelhouse.sh's bundle
+#   sudo deploy/install.sh --uninstall [--purge]
+#
+# What it puts where:
+#   /opt/edge-agent/venv                 a venv with edge-agent (and --system-site-packages when
+#                                        the system python has Picamera2, so CSI cameras work)
+#   /opt/edge-agent/models/demo          the demo model and video
+#   /etc/edge-agent/agent.toml           from deploy/agent.example.toml, only when missing
+#   /etc/edge-agent/mqtt_password        empty, root-only, when missing (the unit's LoadCredential=)
+#   /etc/systemd/system/edge-agent.service, enabled (started by you once the config is right)
+#   user edge-agent (no login)           in the groups video, dialout, plugdev
+#
+# Running it again changes only what differs and says so; a changed package restarts a running
+# service. The unit, example config and demo model come from the tree this script is in (the
+# repository, or the bundle deploy/wheelhouse.sh writes); --from only chooses the package.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: install.sh [--root DIR] [--wheelhouse DIR] [--from PATH] [--python PYTHON]
+       install.sh --uninstall [--purge] [--root DIR]
+
+  --root DIR        install under DIR instead of / (tests, image staging): no running service
+                    is touched, the user goes into DIR/etc/passwd (skipped when DIR has none),
+                    and the unit is enabled with `systemctl --root`
+  --wheelhouse DIR  install offline from DIR (pip --no-index --find-links DIR)
+  --from PATH       the project: a source tree or a .whl (default: this repository, or with
+                    --wheelhouse the edge-agent wheel in it)
+  --python PYTHON   the interpreter for the venv (default /usr/bin/python3)
+  --uninstall       remove the unit, the venv and the user; keep /etc/edge-agent and
+                    /var/lib/edge-agent
+  --purge           with --uninstall: remove /etc/edge-agent and /var/lib/edge-agent too
+EOF
+}
+
+ARGS="$*"
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SOURCE_TREE=$(dirname "$SCRIPT_DIR")   # the repository, or the root of a wheelhouse bundle
+
+ROOT=/
+WHEELHOUSE=
+FROM=
+PYTHON=
+ACTION=install
+PURGE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
+        --wheelhouse) WHEELHOUSE=${2:?--wheelhouse needs a directory}; shift 2 ;;
+        --from) FROM=${2:?--from needs a path}; shift 2 ;;
+        --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
+        --uninstall) ACTION=uninstall; shift ;;
+        --purge) PURGE=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+CHANGES=0
+CONFIG_CREATED=0
+changed() { CHANGES=$((CHANGES + 1)); echo "  + $*"; }
+same() { echo "  = $*"; }
+note() { echo "  ! $*"; }
+
+[ "$PURGE" = 0 ] || [ "$ACTION" = uninstall ] || die "--purge goes with --uninstall"
+if [ "$ROOT" = / ]; then
+    [ "$(id -u)" = 0 ] || die "run as root: sudo $0 $ARGS"
+    PREFIX=
+else
+    mkdir -p "$ROOT"
+    ROOT=$(cd "$ROOT" && pwd)
+    PREFIX=$ROOT
+fi
+
+NAME=edge-agent
+UNIT=edge-agent.service
+SERVICE_GROUPS=(video dialout plugdev)
+APP_DIR=$PREFIX/opt/edge-agent
+VENV=$APP_DIR/venv
+CONF_DIR=$PREFIX/etc/edge-agent
+STATE_DIR=$PREFIX/var/lib/edge-agent
+UNIT_PATH=$PREFIX/etc/systemd/system/$UNIT
+FINGERPRINT=$APP_DIR/.installed
+
+# --- accounts -------------------------------------------------------------------------
+# Under --root the host's /etc/passwd is never touched: useradd/groupadd --prefix edit
+# DIR/etc/{passwd,group,shadow,gshadow}. A bare DIR without those files (a throwaway test
+# root) gets no user; installing into the real board (or running this inside the image)
+# creates it.
+accounts_here() {
+    [ -z "$PREFIX" ] && return 0
+    [ -f "$PREFIX/etc/passwd" ] && [ -f "$PREFIX/etc/group" ]
+}
+prefix_opt() { [ -z "$PREFIX" ] || printf '%s\n' --prefix "$PREFIX"; }
+account_line() {  # account_line passwd|group NAME
+    if [ -z "$PREFIX" ]; then getent "$1" "$2" || true; else grep "^$2:" "$PREFIX/etc/$1" || true; fi
+}
+group_id() { ! accounts_here || account_line group "$1" | cut -d: -f3; }
+in_group() { account_line group "$1" | cut -d: -f4 | tr ',' '\n' | grep -qx "$NAME"; }
+
+ensure_accounts() {
+    if ! accounts_here; then
+        note "no $PREFIX/etc/passwd: user $NAME not created (create it when installing on the board)"
+        return
+    fi
+    local group opts
+    mapfile -t opts < <(prefix_opt)
+    for group in "${SERVICE_GROUPS[@]}"; do
+        if [ -z "$(account_line group "$group")" ]; then
+            groupadd "${opts[@]}" --system "$group"
+            changed "group $group"
+        fi
+    done
+    if [ -z "$(account_line passwd "$NAME")" ]; then
+        useradd "${opts[@]}" --system --user-group --no-create-home --home-dir /var/lib/edge-agent \
+            --shell /usr/sbin/nologin --comment "edge-agent daemon" \
+            --groups "$(IFS=,; echo "${SERVICE_GROUPS[*]}")" "$NAME"
+        changed "user $NAME (groups ${SERVICE_GROUPS[*]})"
+        return
+    fi
+    local missing=()
+    for group in "${SERVICE_GROUPS[@]}"; do in_group "$group" || missing+=("$group"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        usermod "${opts[@]}" --append --groups "$(IFS=,; echo "${missing[*]}")" "$NAME"
+        changed "user $NAME joined ${missing[*]}"
+    else
+        same "user $NAME"
+    fi
+}
+
+# --- files ----------------------------------------------------------------------------
+put_file() {  # put_file SOURCE DEST MODE [GROUP_ID]: copy when content or mode differ
+    local source=$1 dest=$2 mode=$3 gid=${4:-0}
+    if [ -f "$dest" ] && cmp -s "$source" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
+        same "${dest#"$PREFIX"}"
+        return 1
+    fi
+    install -D -m "$mode" -o 0 -g "$gid" "$source" "$dest" || die "cannot write $dest"
+    changed "${dest#"$PREFIX"}"
+}
+
+install_files() {
+    local file gid
+    for file in "$SOURCE_TREE"/models/demo/*; do
+        put_file "$file" "$APP_DIR/models/demo/$(basename "$file")" 0644 || true
+    done
+    [ ! -f "$SOURCE_TREE/README.md" ] || put_file "$SOURCE_TREE/README.md" "$APP_DIR/README.md" 0644 || true
+    install -d -m 0755 "$CONF_DIR"
+    # The reference copy is refreshed on every install, so `diff` shows what a new version offers.
+    put_file "$SOURCE_TREE/deploy/agent.example.toml" "$CONF_DIR/agent.example.toml" 0644 || true
+    # The config may hold camera URLs with passwords: readable by root and the service only.
+    gid=$(group_id "$NAME"); gid=${gid:-0}
+    if [ -f "$CONF_DIR/agent.toml" ]; then
+        same "/etc/edge-agent/agent.toml (yours: never overwritten)"
+    else
+        install -m 0640 -o 0 -g "$gid" "$SOURCE_TREE/deploy/agent.example.toml" "$CONF_DIR/agent.toml"
+        changed "/etc/edge-agent/agent.toml (from the example: edit it)"
+        CONFIG_CREATED=1
+    fi
+    # LoadCredential= fails the start when its file is missing; an empty one means "no password".
+    if [ ! -e "$CONF_DIR/mqtt_password" ]; then
+        install -m 0600 -o 0 -g 0 /dev/null "$CONF_DIR/mqtt_password"
+        changed "/etc/edge-agent/mqtt_password (empty, mode 0600)"
+    fi
+}
+
+# --- the venv and the package -----------------------------------------------------------
+choose_python() {
+    if [ -z "$PYTHON" ]; then
+        if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=$(command -v python3 || true); fi
+    fi
+    if [ -z "$PYTHON" ] || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        die "edge-agent needs Python >= 3.11 with venv (sudo apt install python3 python3-venv), or --python PATH"
+    fi
+    "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
+        die "$PYTHON cannot make venvs: sudo apt install python3-venv"
+}
+
+# Where the package comes from: PKG_KIND (wheelhouse, wheel or tree) and PKG_PATH.
+choose_package() {
+    if [ -n "$FROM" ]; then
+        [ -e "$FROM" ] || die "--from $FROM does not exist"
+        PKG_PATH=$(cd "$(dirname "$FROM")" && pwd)/$(basename "$FROM")
+        case "$PKG_PATH" in
+            *.whl) PKG_KIND=wheel ;;
+            *) [ -f "$PKG_PATH/pyproject.toml" ] || die "--from $FROM is neither a .whl nor a source tree with pyproject.toml"
+               [ -z "$WHEELHOUSE" ] || die "--wheelhouse installs wheels only: pass --from the edge-agent .whl (deploy/wheelhouse.sh puts it in the wheelhouse) or leave --from out"
+               PKG_KIND=tree ;;
+        esac
+    elif [ -n "$WHEELHOUSE" ]; then
+        PKG_KIND=wheelhouse PKG_PATH=$WHEELHOUSE
+    else
+        [ -f "$SOURCE_TREE/pyproject.toml" ] || die "$SOURCE_TREE has no pyproject.toml: pass --wheelhouse DIR or --from PATH"
+        PKG_KIND=tree PKG_PATH=$SOURCE_TREE
+    fi
+}
+
+check_wheelhouse() {
+    [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE is not a directory"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+    if [ -f "$WHEELHOUSE/SHA256SUMS" ]; then
+        (cd "$WHEELHOUSE" && sha256sum --quiet --strict -c SHA256SUMS) >/dev/null 2>&1 ||
+            die "the wheelhouse $WHEELHOUSE is damaged (SHA256SUMS does not match): copy it again"
+    fi
+    if [ -f "$WHEELHOUSE/manifest.txt" ]; then
+        local machine version ours
+        machine=$(sed -n 's/^machine: //p' "$WHEELHOUSE/manifest.txt")
+        version=$(sed -n 's/^python-version: //p' "$WHEELHOUSE/manifest.txt")
+        ours=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        [ -z "$machine" ] || [ "$machine" = "$(uname -m)" ] ||
+            die "the wheelhouse is for $machine but this machine is $(uname -m): build one with deploy/wheelhouse.sh --machine $(uname -m)"
+        [ -z "$version" ] || [ "$version" = "$ours" ] ||
+            die "the wheelhouse is for Python $version but $PYTHON is $ours: build one with deploy/wheelhouse.sh --python-version $ours"
+    fi
+}
+
+fingerprint() {  # a hash of everything the package install depends on
+    "$PYTHON" - "$@" "$SYSTEM_SITE" <<'EOF'
+import hashlib, pathlib, sys
+kind, path, system_site = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+digest = hashlib.sha256(f"{sys.version_info[:2]} {kind} {system_site}\n".encode())
+if kind == "tree":
+    files = [path / "pyproject.toml", *sorted((path / "edge_agent").rglob("*"))]
+else:
+    files = [path] if kind == "wheel" else sorted(path.glob("*.whl"))
+for file in files:
+    if file.is_file() and "__pycache__" not in file.parts:
+        digest.update(f"{file.relative_to(path) if kind == 'tree' else file.name}\n".encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+print(digest.hexdigest())
+EOF
+}
+
+ensure_venv() {
+    local flag=false
+    SYSTEM_SITE=no
+    # Picamera2 comes from apt (python3-picamera2, built against the system's libcamera) and
+    # cannot be pip-installed: a venv that sees system site-packages is the way to reach it.
+    if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("picamera2") is None)' 2>/dev/null; then
+        SYSTEM_SITE=yes; flag=true
+    fi
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
+        if grep -q "^include-system-site-packages = $flag\$" "$VENV/pyvenv.cfg"; then
+            same "/opt/edge-agent/venv (system site-packages: $SYSTEM_SITE)"
+        else
+            sed -i "s/^include-system-site-packages = .*/include-system-site-packages = $flag/" "$VENV/pyvenv.cfg"
+            changed "/opt/edge-agent/venv (system site-packages now: $SYSTEM_SITE)"
+        fi
+        return
+    fi
+    # Missing, or broken (its python was replaced by an OS upgrade): make it afresh.
+    rm -rf "$VENV"
+    mkdir -p "$APP_DIR"
+    local opts=()
+    [ "$SYSTEM_SITE" = no ] || opts+=(--system-site-packages)
+    "$PYTHON" -m venv "${opts[@]}" "$VENV"
+    changed "/opt/edge-agent/venv ($("$VENV/bin/python" --version), system site-packages: $SYSTEM_SITE)"
+}
+
+install_package() {
+    local kind path wanted target
+    choose_package
+    kind=$PKG_KIND path=$PKG_PATH
+    wanted=$(fingerprint "$kind" "$path") || die "cannot fingerprint $path"
+    if [ -f "$FINGERPRINT" ] && [ "$(cat "$FINGERPRINT")" = "$wanted" ] && "$VENV/bin/edge-agent" --version >/dev/null 2>&1; then
+        same "$("$VENV/bin/edge-agent" --version) in the venv"
+        return 1
+    fi
+    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
+    [ -z "$WHEELHOUSE" ] || pip=("${pip[@]}" install --no-index --find-links "$WHEELHOUSE")
+    [ -n "$WHEELHOUSE" ] || pip=("${pip[@]}" install)
+    case "$kind" in
+        wheelhouse) target="edge-agent[tflite-runtime]" ;;
+        wheel) target="${path}[tflite-runtime]" ;;
+        tree)
+            # pip builds in the tree it is given (build/, *.egg-info): give it a clean copy.
+            BUILD_DIR=$(mktemp -d)
+            trap 'rm -rf "$BUILD_DIR"' EXIT
+            cp -r "$path/pyproject.toml" "$path/edge_agent" "$BUILD_DIR/"
+            [ ! -f "$path/README.md" ] || cp "$path/README.md" "$BUILD_DIR/"
+            target="${BUILD_DIR}[tflite-runtime]" ;;
+    esac
+    # The same version number from a newer tree must still replace the installed code.
+    "$VENV/bin/python" -m pip --disable-pip-version-check --quiet uninstall -y edge-agent >/dev/null 2>&1 || true
+    "${pip[@]}" "$target" || die "pip could not install $target (see above)"
+    "$VENV/bin/edge-agent" --version >/dev/null || die "the venv cannot run edge-agent after installing it"
+    # A real inference run: catches wheels for the wrong machine or a runtime that cannot load.
+    local output
+    output=$("$VENV/bin/edge-agent" inspect "$APP_DIR/models/demo/digits_int8.tflite" 2>&1) ||
+        die "edge-agent cannot load the demo model with this venv:
+$output"
+    echo "$wanted" > "$FINGERPRINT"
+    changed "$("$VENV/bin/edge-agent" --version) in the venv (from $kind $path)"
+}
+
+# --- systemd --------------------------------------------------------------------------
+systemd_running() { [ -z "$PREFIX" ] && [ -d /run/systemd/system ]; }
+systemctl_here() { if [ -z "$PREFIX" ]; then systemctl "$@"; else systemctl --root="$ROOT" "$@"; fi; }
+
+enable_unit() {  # enable_unit UNIT_CHANGED PACKAGE_CHANGED
+    if ! command -v systemctl >/dev/null; then
+        note "systemctl not found: enable $UNIT with your init system"
+        return
+    fi
+    if systemd_running && [ "$1" = yes ]; then systemctl daemon-reload; fi
+    if [ "$(systemctl_here is-enabled "$UNIT" 2>/dev/null)" = enabled ]; then
+        same "$UNIT enabled"
+    else
+        systemctl_here enable "$UNIT" >/dev/null 2>&1 || die "systemctl could not enable $UNIT"
+        changed "$UNIT enabled (starts at boot)"
+    fi
+    if ! systemd_running; then
+        note "no running systemd here: nothing started; the service starts at the next boot"
+    elif { [ "$1" = yes ] || [ "$2" = yes ]; } && systemctl is-active --quiet "$UNIT"; then
+        systemctl restart "$UNIT"
+        changed "$UNIT restarted with the new version"
+    fi
+}
+
+do_install() {
+    [ -f "$SOURCE_TREE/systemd/$UNIT" ] || die "$SOURCE_TREE/systemd/$UNIT is missing: run the install.sh of a full repository or bundle"
+    echo "installing edge-agent into ${ROOT}"
+    choose_python
+    [ -z "$WHEELHOUSE" ] || check_wheelhouse   # before anything changes
+    ensure_accounts
+    install_files
+    ensure_venv
+    local package_changed=no unit_changed=no
+    install_package && package_changed=yes
+    put_file "$SOURCE_TREE/systemd/$UNIT" "$UNIT_PATH" 0644 && unit_changed=yes
+    enable_unit "$unit_changed" "$package_changed"
+    if [ "$CHANGES" = 0 ]; then
+        echo "nothing to change: edge-agent is installed and up to date"
+    elif [ "$CONFIG_CREATED" = 1 ]; then
+        echo "done ($CHANGES change(s)). Next:"
+        echo "  edit /etc/edge-agent/agent.toml, then"
+        echo "  sudo /opt/edge-agent/venv/bin/edge-agent check-config /etc/edge-agent/agent.toml"
+        echo "  sudo systemctl start $UNIT && systemctl status $UNIT"
+    else
+        echo "done ($CHANGES change(s))"
+    fi
+}
+
+do_uninstall() {
+    echo "removing edge-agent from ${ROOT}"
+    if [ -f "$UNIT_PATH" ]; then
+        if systemd_running; then
+            systemctl disable --now "$UNIT" >/dev/null 2>&1 || true
+        elif command -v systemctl >/dev/null; then
+            systemctl_here disable "$UNIT" >/dev/null 2>&1 || true
+        fi
+        rm -f "$UNIT_PATH"
+        systemd_running && systemctl daemon-reload
+        changed "removed $UNIT"
+    fi
+    if [ -d "$APP_DIR" ]; then
+        rm -rf "$APP_DIR"
+        changed "removed /opt/edge-agent (venv, demo models)"
+    fi
+    if accounts_here && [ -n "$(account_line passwd "$NAME")" ]; then
+        local opts
+        mapfile -t opts < <(prefix_opt)
+        userdel "${opts[@]}" "$NAME"
+        changed "removed user $NAME"
+    fi
+    # userdel drops the user's own group only where login.defs says USERGROUPS_ENAB yes.
+    if accounts_here && [ -n "$(account_line group "$NAME")" ] && [ -z "$(account_line group "$NAME" | cut -d: -f4)" ]; then
+        local opts
+        mapfile -t opts < <(prefix_opt)
+        groupdel "${opts[@]}" "$NAME"
+        changed "removed group $NAME"
+    fi
+    if [ "$PURGE" = 1 ]; then
+        for dir in "$CONF_DIR" "$STATE_DIR"; do
+            if [ -e "$dir" ]; then rm -rf "$dir"; changed "removed ${dir#"$PREFIX"}"; fi
+        done
+    else
+        for dir in "$CONF_DIR" "$STATE_DIR"; do
+            [ ! -e "$dir" ] || note "kept ${dir#"$PREFIX"} (--purge removes it)"
+        done
+    fi
+    [ "$CHANGES" != 0 ] || echo "nothing to remove: edge-agent is not installed"
+}
+
+if [ "$ACTION" = install ]; then do_install; else do_uninstall; fi

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Build an offline install bundle for boards, on a workstation with internet access:
+#
+#   deploy/wheelhouse.sh                      # aarch64, CPython 3.11 (Raspberry Pi OS / Debian 12)
+#   deploy/wheelhouse.sh --out /media/usb/edge-agent
+#
+# The bundle holds the wheels of the device requirements (pyproject.toml's dependencies plus
+# the tflite-runtime extra; never TensorFlow) for the target, the project's own wheel, and what
+# install.sh needs beside them, laid out like the repository:
+#
+#   OUT/wheels/*.whl, manifest.txt, SHA256SUMS
+#   OUT/deploy/install.sh, OUT/deploy/agent.example.toml, OUT/systemd/edge-agent.service,
+#   OUT/models/demo/, OUT/README.md
+#
+# On the board: sudo OUT/deploy/install.sh --wheelhouse OUT/wheels
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: wheelhouse.sh [--machine aarch64] [--python-version 3.11] [--out DIR] [--python PYTHON]
+
+  --machine         the board's `uname -m` (default aarch64)
+  --python-version  the board's python3 version, MAJOR.MINOR (default 3.11: Debian 12, Pi OS bookworm)
+  --out DIR         where to write the bundle (default dist/edge-agent-VERSION-MACHINE-cpXY)
+  --python PYTHON   the workstation interpreter that runs pip (default python3)
+EOF
+}
+
+MACHINE=aarch64
+PY_VERSION=3.11
+OUT=
+PYTHON=${PYTHON:-python3}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --machine) MACHINE=${2:?}; shift 2 ;;
+        --python-version) PY_VERSION=${2:?}; shift 2 ;;
+        --out) OUT=${2:?}; shift 2 ;;
+        --python) PYTHON=${2:?}; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "wheelhouse.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "wheelhouse.sh: $*" >&2; exit 1; }
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/edge_agent/__init__.py")
+ABI=cp${PY_VERSION/./}
+OUT=${OUT:-$REPO/dist/edge-agent-$VERSION-$MACHINE-$ABI}
+WHEELS=$OUT/wheels
+HELPER=("$PYTHON" -B "$REPO/deploy/wheelhouse.py")  # -B: no __pycache__ in the repository
+
+"$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip: sudo apt install python3-pip, or --python .venv/bin/python"
+[[ "$PY_VERSION" =~ ^3\.[0-9]+$ ]] || die "--python-version wants MAJOR.MINOR, e.g. 3.11"
+
+rm -rf "$WHEELS"
+mkdir -p "$WHEELS"
+REQUIREMENTS=$OUT/requirements.txt
+"${HELPER[@]}" requirements --machine "$MACHINE" --python-version "$PY_VERSION" > "$REQUIREMENTS"
+
+TARGET=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp --abi "$ABI")
+for tag in $("$PYTHON" -B -c "import sys; sys.path.insert(0, '$REPO/deploy'); import wheelhouse; print(*wheelhouse.platforms('$MACHINE'))"); do
+    TARGET+=(--platform "$tag")
+done
+PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
+
+echo "downloading wheels for CPython $PY_VERSION on $MACHINE into $WHEELS"
+if ! "${PIP[@]}" download --quiet "${TARGET[@]}" --dest "$WHEELS" -r "$REQUIREMENTS"; then
+    # One resolution for all keeps versions consistent; when it fails, ask requirement by
+    # requirement so the message names the one without a wheel for the board.
+    missing=()
+    scratch=$(mktemp -d)
+    while read -r requirement; do
+        "${PIP[@]}" download --quiet --no-deps "${TARGET[@]}" --dest "$scratch" "$requirement" >/dev/null 2>&1 ||
+            missing+=("$requirement")
+    done < "$REQUIREMENTS"
+    rm -rf "$scratch"
+    [ ${#missing[@]} -eq 0 ] && die "pip could not resolve the requirements together (see above)"
+    die "no wheel on the index for CPython $PY_VERSION on $MACHINE (manylinux <= 2.34): ${missing[*]}"
+fi
+
+# The project's own wheel, built from a clean copy so no build/ or egg-info lands in the repository.
+echo "building the edge-agent $VERSION wheel"
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/edge_agent" "$build/"
+find "$build" -name __pycache__ -prune -exec rm -rf {} +
+"${PIP[@]}" wheel --quiet --no-deps --wheel-dir "$WHEELS" "$build" || die "could not build the edge-agent wheel"
+
+"${HELPER[@]}" check "$WHEELS" --machine "$MACHINE" --python-version "$PY_VERSION" || exit 1
+
+# What install.sh needs beside the wheels, in the repository's layout.
+install -D -m 0755 "$REPO/deploy/install.sh" "$OUT/deploy/install.sh"
+install -D -m 0644 "$REPO/deploy/agent.example.toml" "$OUT/deploy/agent.example.toml"
+install -D -m 0644 "$REPO/systemd/edge-agent.service" "$OUT/systemd/edge-agent.service"
+install -D -m 0644 "$REPO/README.md" "$OUT/README.md"
+rm -rf "$OUT/models/demo"
+mkdir -p "$OUT/models"
+cp -r "$REPO/models/demo" "$OUT/models/demo"
+
+count=$(find "$WHEELS" -name '*.whl' | wc -l)
+echo "wheelhouse ready: $OUT ($count wheels, $(du -sh "$OUT" | cut -f1))"
+echo "copy it to the board and run: sudo $(basename "$OUT")/deploy/install.sh --wheelhouse $(basename "$OUT")/wheels"

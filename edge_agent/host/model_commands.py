@@ -1,0 +1,178 @@
+"""The `edge-agent push` and `edge-agent models {rollback,list}` subcommands.
+
+`push` and `models rollback` talk to boards over MQTT from the workstation; `models list`
+reads a board's model store locally. Exit status: 0 when every device did what was asked,
+1 when one did not (rejected, rolled back, no answer) or the broker cannot be reached,
+2 for bad arguments or a bundle that is not whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
+
+
+def register_model_commands(commands: argparse._SubParsersAction) -> None:
+    _add_push(commands)
+    _add_models(commands)
+
+
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
+    print(f"edge-agent: {message}", file=sys.stderr)
+    return status
+
+
+def _add_broker_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker")
+    group.add_argument("--broker", default="localhost:1883", help="MQTT broker HOST:PORT (default localhost:1883)")
+    group.add_argument("--prefix", default="edge", help="the agents' mqtt.topic_prefix (default edge)")
+    group.add_argument("--username", default="", help="MQTT user name")
+    group.add_argument("--password-file", type=Path, help="a file holding the MQTT password")
+
+
+def _broker(args: argparse.Namespace):
+    from edge_agent.host.fleet import BrokerAddress
+
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--broker: expected HOST:PORT, got {args.broker!r}")
+    password = None
+    if args.password_file:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as err:
+            raise ValueError(f"--password-file {args.password_file} cannot be read: {err.strerror}") from None
+    return BrokerAddress(host, int(port), args.username, password)
+
+
+# ---------------------------------------------------------------------------- push
+
+def _add_push(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("push", help="send a model bundle to boards over MQTT, verified and hot-swapped there",
+                                 description="Send a bundle to one board, several, or a group over the MQTT broker the "
+                                             "boards use; each verifies, self-tests and hot-swaps it, or says why not.")
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="a .eab bundle (edge-agent bundle create)")
+    targets = parser.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--device", action="append", metavar="ID", help="a device id (repeat for several)")
+    targets.add_argument("--group", metavar="NAME", help="every device whose retained state lists this group")
+    parser.add_argument("--pipeline", default="", help="the pipeline to update (needed on boards with several)")
+    parser.add_argument("--chunk-kb", type=int, default=64, metavar="KB",
+                        help="chunk size in KiB (default 64; lower it for brokers with a small message limit)")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                        help="how long a board may take to answer in full (default 300)")
+    parser.add_argument("--watch", type=float, default=0.0, metavar="S",
+                        help="keep listening S seconds after activation, to catch an automatic rollback (default 0)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per device")
+    _add_broker_options(parser)
+    parser.set_defaults(handler=_push_command)
+
+
+def _push_command(args: argparse.Namespace) -> int:
+    from edge_agent.host.fleet import read_fleet
+    from edge_agent.host.progress import ProgressBoard
+    from edge_agent.host.push import NO_ANSWER, Pusher, PushOptions, PushResult, format_results
+    from edge_agent.models.bundle import BundleError, read_bundle
+    from edge_agent.models.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+
+    chunk_size = args.chunk_kb * 1024
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        return _fail(f"--chunk-kb: expected 1 to {MAX_CHUNK_SIZE // 1024}, got {args.chunk_kb}")
+    try:
+        broker = _broker(args)
+        bundle = read_bundle(args.bundle)  # never send a damaged file: the boards would only refuse it
+        content = args.bundle.read_bytes()
+    except (ValueError, BundleError, OSError) as err:
+        return _fail(str(err))
+    offline: list[str] = []
+    try:
+        if args.group:
+            fleet = read_fleet(broker, args.prefix)
+            devices = [d for d in fleet.members(args.group) if d not in fleet.offline]
+            offline = [d for d in fleet.members(args.group) if d in fleet.offline]
+            if not devices and not offline:
+                return _fail(f"no device announces group {args.group!r} on {broker.label} (prefix {args.prefix!r}): "
+                             "check the boards' `groups` setting", EXIT_FAILED)
+        else:
+            devices = list(dict.fromkeys(args.device))
+        manifest = bundle.manifest
+        print(f"pushing {manifest.name} {manifest.version} ({len(content):,} bytes, "
+              f"{-(-len(content) // chunk_size)} chunk(s) of {args.chunk_kb} KiB) to {len(devices)} device(s) via "
+              f"{broker.label}", file=sys.stderr)
+        options = PushOptions(broker, args.prefix, args.pipeline, chunk_size, timeout_s=args.timeout, watch_s=args.watch)
+        results = Pusher(content, devices, options, ProgressBoard(devices)).run() if devices else []
+    except ConnectionError as err:
+        return _fail(str(err), EXIT_FAILED)
+    results += [PushResult(d, NO_ANSWER, "offline (its retained status says so)") for d in offline]
+    results.sort(key=lambda r: r.device)
+    print(json.dumps([r.to_dict() for r in results]) if args.json else format_results(results))
+    return EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------- models
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="the models pushed to a board: list them, roll back")
+    actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    rollback = actions.add_parser("rollback", help="ask a board (over MQTT) to go back to its previous model")
+    rollback.add_argument("--device", action="append", required=True, metavar="ID", help="a device id (repeat for several)")
+    rollback.add_argument("--pipeline", default="", help="the pipeline (needed on boards with several)")
+    rollback.add_argument("--timeout", type=float, default=60.0, metavar="S", help="how long to wait (default 60)")
+    rollback.add_argument("--json", action="store_true", help="print a JSON list, one object per device")
+    _add_broker_options(rollback)
+    rollback.set_defaults(handler=_rollback_command)
+
+    listing = actions.add_parser("list", help="the models in this board's store, newest first")
+    where = listing.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help=f"the agent's config, for its state_dir (default {DEFAULT_CONFIG})")
+    where.add_argument("--state-dir", type=Path, help="the agent's state directory")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.set_defaults(handler=_list_command)
+
+
+def _rollback_command(args: argparse.Namespace) -> int:
+    from edge_agent.host.push import ROLLED_BACK, format_results
+    from edge_agent.host.rollback import request_rollback
+
+    try:
+        results = request_rollback(list(dict.fromkeys(args.device)), _broker(args), args.prefix, args.pipeline,
+                                   args.timeout)
+    except ValueError as err:
+        return _fail(str(err))
+    except ConnectionError as err:
+        return _fail(str(err), EXIT_FAILED)
+    print(json.dumps([r.to_dict() for r in results]) if args.json else format_results(results, success=ROLLED_BACK))
+    return EXIT_OK if all(r.result == ROLLED_BACK for r in results) else EXIT_FAILED
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_config
+    from edge_agent.models.store import StoreError, list_stores
+
+    state_dir = args.state_dir or Path(load_config(args.config or DEFAULT_CONFIG).state_dir)
+    try:
+        stores = list_stores(state_dir)
+    except StoreError as err:
+        return _fail(str(err), EXIT_FAILED)
+    if args.json:
+        print(json.dumps({"state_dir": str(state_dir), "pipelines": {
+            name: [dict(vars(m), role="active" if i == 0 else "previous") for i, m in enumerate(history)]
+            for name, history in stores.items()}}, indent=2))
+        return EXIT_OK
+    if not stores:
+        print(f"no pushed models under {state_dir}/models: every pipeline runs the model its config names")
+        return EXIT_OK
+    rows = [("pipeline", "", "name", "version", "sha256", "activated", "origin")]
+    for name, history in stores.items():
+        for i, model in enumerate(history):
+            rows.append((name, "active" if i == 0 else f"-{i}", model.name, model.version or "-", model.sha256[:16],
+                         model.activated_at, model.origin))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return EXIT_OK

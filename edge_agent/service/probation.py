@@ -1,0 +1,42 @@
+"""Probation: the first minutes of a newly activated model, during which a failure rolls it back.
+
+A model fails its probation when, before `probation_s` has passed since it was activated, its
+pipeline fails (an invoke or decode raised: status "failed") or the loop that invokes it stops
+beating for longer than the stall limit (a hung invoke). The limit is half of systemd's
+WatchdogSec= when the watchdog is on, so the rollback comes before systemd restarts the agent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from edge_agent.models.store import StoredModel
+
+DEFAULT_STALL_LIMIT_S = 10.0
+
+
+@dataclass
+class Probation:
+    pipeline: str
+    transfer_id: str
+    model: StoredModel
+    until_mono: float
+    started_mono: float = field(default_factory=time.monotonic)
+
+    def over(self, now_mono: float) -> bool:
+        return now_mono >= self.until_mono
+
+
+def stall_limit_s(watchdog_timeout_s: float) -> float:
+    """How long the invoking loop may go without a beat during probation."""
+    return watchdog_timeout_s / 2 if watchdog_timeout_s > 0 else DEFAULT_STALL_LIMIT_S
+
+
+def probation_failure(status: str, error: str, heartbeat_age_s: float, limit_s: float) -> str:
+    """Why a pipeline on probation has failed, or "" while it is fine (pure: easy to test)."""
+    if status == "failed":
+        return f"the pipeline failed with the new model: {error or 'no detail'}"
+    if status == "running" and heartbeat_age_s > limit_s:
+        return f"no inference for {heartbeat_age_s:.1f} s (the limit during probation is {limit_s:g} s)"
+    return ""

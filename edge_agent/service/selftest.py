@@ -1,0 +1,151 @@
+"""Try a model in a child process before the daemon loads it.
+
+A model that crashes the interpreter (a segfault or abort inside the runtime) must take down
+only the child, so the self-test runs as `python -m edge_agent selftest` (a hidden command):
+it reads one JSON request on stdin, builds the model exactly as the pipeline would (load,
+allocate, warm-up invokes, labels, decoder), runs a synthetic frame through preprocessing,
+invoke and decoding, checks the output shapes, and prints one JSON line with what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge_agent.config import DelegateSpec, PipelineConfig, PreprocessOptions, SourceSpec
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.1
+SYNTHETIC_FRAME_SHAPE = (240, 320, 3)
+SYNTHETIC_FRAME_VALUE = 128  # mid-grey: what a camera shows before it has settled
+STDERR_TAIL_CHARS = 400
+
+
+class SelfTestError(Exception):
+    """The model failed its self-test; str(err) is the reason reported to the pusher."""
+
+
+def pipeline_to_dict(config: PipelineConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    values = dict(data)
+    values["source"] = SourceSpec(**values["source"])
+    values["delegate"] = DelegateSpec(**values["delegate"])
+    options = values["preprocess"]
+    values["preprocess"] = PreprocessOptions(options["resize"], options["color"], tuple(options["mean"]), tuple(options["std"]))
+    values["sinks"] = tuple(values["sinks"])
+    values["preprocess_keys"] = tuple(values["preprocess_keys"])
+    return PipelineConfig(**values)
+
+
+def selftest_in_child(config: PipelineConfig, model_path: str, trusted_keys: tuple[str, ...],
+                      allow_unsigned_models: bool, timeout_s: float, stop: threading.Event) -> dict[str, Any]:
+    """Run the self-test in a child process; its report, or SelfTestError with the reason."""
+    request = json.dumps({"pipeline": pipeline_to_dict(config), "model": model_path,
+                          "trusted_keys": list(trusted_keys), "allow_unsigned_models": allow_unsigned_models})
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "edge_agent", "selftest"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = _communicate(process, request.encode("utf-8"), timeout_s, stop)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode < 0:
+        number = -process.returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown signal"
+        raise SelfTestError(f"the model crashed the interpreter (signal {number}, {name}) during its self-test")
+    report = _last_json_line(stdout)
+    if report is None:
+        tail = stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
+        raise SelfTestError(f"the self-test ended with status {process.returncode} and no report: {tail or 'no output'}")
+    if not report.get("ok"):
+        raise SelfTestError(str(report.get("error") or "the self-test failed"))
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _communicate(process: subprocess.Popen, request: bytes, timeout_s: float,
+                 stop: threading.Event) -> tuple[bytes, bytes]:
+    """Send the request and collect the output, killing the child on timeout or shutdown."""
+    deadline = time.monotonic() + timeout_s
+    first = True
+    while True:
+        try:
+            return process.communicate(request if first else None, timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            first = False
+        if stop.is_set():
+            process.kill()
+            raise SelfTestError("the agent is stopping")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.communicate()
+            raise SelfTestError(f"the self-test did not finish within {timeout_s:g} s (models.selftest_timeout_s): "
+                                "the model is too slow or hangs") from None
+
+
+def _last_json_line(stdout: bytes) -> dict | None:
+    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def run_selftest(request: dict[str, Any]) -> dict[str, Any]:
+    """In the child: build the model as the pipeline would and run one synthetic frame through it."""
+    from edge_agent.service.active_model import build_active_model
+
+    config = pipeline_from_dict(request["pipeline"])
+    active = build_active_model(config, model_path=request["model"], trusted_keys=tuple(request["trusted_keys"]),
+                                allow_unsigned_models=bool(request["allow_unsigned_models"]))
+    frame = np.full(SYNTHETIC_FRAME_SHAPE, SYNTHETIC_FRAME_VALUE, np.uint8)
+    buffer = active.acquire_buffer()
+    geometry = active.preprocessor.prepare(frame, buffer)
+    outputs = active.model.run(buffer)
+    for spec, output in zip(active.model.outputs, outputs):
+        if tuple(output.shape) != tuple(spec.shape):
+            raise SelfTestError(f"output {spec.name!r} came out with shape {list(output.shape)}, "
+                                f"but the model declares {list(spec.shape)}")
+    active.decode(outputs, geometry)
+    return {
+        "ok": True,
+        "name": active.ref.name,
+        "version": active.ref.version,
+        "sha256": active.ref.sha256,
+        "task": active.task,
+        "input": active.model.input.describe(),
+        "outputs": [spec.describe() for spec in active.model.outputs],
+        "invoke_ms": round(active.invoke_ms, 3),
+    }
+
+
+def selftest_main(stdin: TextIO, stdout: TextIO) -> int:
+    """The hidden `edge-agent selftest` command: JSON request on stdin, one JSON line on stdout."""
+    try:
+        report = run_selftest(json.loads(stdin.read()))
+    except Exception as err:  # the edge of the child: every failure becomes the report
+        report = {"ok": False, "error": str(err) or type(err).__name__}
+    stdout.write(json.dumps(report) + "\n")
+    stdout.flush()
+    return 0 if report["ok"] else 1

@@ -1,0 +1,153 @@
+"""Models and bundles made for the model-push tests, without TensorFlow.
+
+Bundles are made with the project's own code (keys, manifest, signing). Two models are written
+with LiteRT's own flatbuffer schema (`ai_edge_litert.schema_py_generated`, the object API the
+converter itself uses):
+
+- `contrast_lookup_model()`: a float [1, 8, 8, 1] -> [1, 10] classifier that looks a row up in a
+  10-row table at index int((max - min) * 20) of its input. A flat frame (the blank warm-up input,
+  the self-test's mid-grey frame) gives index 0 and works; a real digit frame (black background,
+  white strokes) gives index 20 and invoke() fails with "gather index out of bounds". A model
+  that passes its self-test and fails on live frames: what probation is for.
+- `crashing_model()`: the demo model with the length of one tensor's shape vector set to 2^20.
+  It passes edge_agent.runtime.tflite_file's checks (they bound-check buffers, not every tensor's
+  shape), LiteRT refuses it (its flatbuffer verifier), and tflite-runtime 2.14, which does not
+  verify, reads past the end of the model and dies with SIGSEGV while building the interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from conftest import DEMO, DEMO_MODEL
+from edge_agent.host.bundling import BundleRequest, create_bundle_bytes
+from edge_agent.models.bundle import bundle_to_bytes, read_bundle, sign_manifest
+from edge_agent.models.keys import PrivateKey, generate_key_pair, load_private_key
+from edge_agent.models.manifest import manifest_to_bytes
+from edge_agent.runtime.tflite_file import _FlatBuffer
+
+
+def make_keys(folder: Path, *names: str) -> dict[str, PrivateKey]:
+    """NAME.key / NAME.pub pairs in `folder`, as `edge-agent keys generate` writes them."""
+    keys = {}
+    for name in names:
+        private, _ = generate_key_pair(folder / name)
+        keys[name] = load_private_key(private)
+    return keys
+
+
+def make_bundle(path: Path, model: Path, key: PrivateKey | None, version: str, name: str = "digits",
+                task: str = "", labels: Path | None = DEMO / "labels.txt") -> Path:
+    """A bundle of a real .tflite, made the way `edge-agent bundle create` makes it."""
+    content, _, _ = create_bundle_bytes(BundleRequest(model, name, version, task, labels), key)
+    path.write_bytes(content)
+    return path
+
+
+def rebundle(path: Path, template: Path, model_bytes: bytes, key: PrivateKey | None, version: str) -> Path:
+    """A bundle whose manifest is the template's with another model (hash and size updated) and signed
+    again: a whole, correctly signed bundle around whatever bytes the test needs."""
+    manifest = read_bundle(template).manifest
+    manifest = dataclasses.replace(manifest, version=version, model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+                                   model_size_bytes=len(model_bytes))
+    manifest_bytes = manifest_to_bytes(manifest)
+    signature = sign_manifest(manifest_bytes, key) if key is not None else None
+    path.write_bytes(bundle_to_bytes(manifest_bytes, model_bytes, signature))
+    return path
+
+
+def tamper_manifest(path: Path, old: bytes, new: bytes) -> Path:
+    """Change the manifest after signing (the signature no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    members["manifest.json"] = members["manifest.json"].replace(old, new)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def crashing_model() -> bytes:
+    data = bytearray(DEMO_MODEL.read_bytes())
+    reader = _FlatBuffer(bytes(data))
+    subgraph = reader.tables(reader.root(), 2)[0]
+    tensor = reader.tables(subgraph, 0)[12]
+    field = reader._field_pos(tensor, 0)  # Tensor.shape
+    vector = field + struct.unpack_from("<I", data, field)[0]
+    struct.pack_into("<I", data, vector, 1 << 20)
+    return bytes(data)
+
+
+def contrast_lookup_model() -> bytes:
+    ops = schema.BuiltinOperator
+    f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
+    model = schema.ModelT()
+    model.version = 3
+    model.description = "contrast lookup (edge-agent tests)"
+    constants = {2: np.array([1, 2, 3], np.int32), 6: np.array([20.0], np.float32), 9: np.eye(10, dtype=np.float32)}
+    model.buffers = []
+    for number in range(12):
+        buffer = schema.BufferT()
+        if number in constants:
+            buffer.data = np.frombuffer(constants[number].tobytes(), np.uint8)
+        model.buffers.append(buffer)
+    specs = [("image", [1, 8, 8, 1], f32), ("axes", [3], i32), ("max", [1], f32), ("min", [1], f32),
+             ("range", [1], f32), ("scale", [1], f32), ("scaled", [1], f32), ("index", [1], i32),
+             ("table", [10, 10], f32), ("row", [1, 10], f32), ("probs", [1, 10], f32)]
+    tensors = []
+    for number, (name, shape, kind) in enumerate(specs):
+        tensor = schema.TensorT()
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = name.encode(), np.array(shape, np.int32), kind, number + 1
+        tensors.append(tensor)
+    codes = [ops.REDUCE_MAX, ops.REDUCE_MIN, ops.SUB, ops.MUL, ops.CAST, ops.GATHER, ops.SOFTMAX]
+    model.operatorCodes = []
+    for code in codes:
+        operator_code = schema.OperatorCodeT()
+        operator_code.builtinCode, operator_code.deprecatedBuiltinCode, operator_code.version = code, code, 1
+        model.operatorCodes.append(operator_code)
+
+    def op(code, inputs, outputs, options_type, options):
+        operator = schema.OperatorT()
+        operator.opcodeIndex = codes.index(code)
+        operator.inputs, operator.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        operator.builtinOptionsType, operator.builtinOptions = options_type, options
+        return operator
+
+    reducer = schema.ReducerOptionsT()
+    cast = schema.CastOptionsT()
+    cast.inDataType, cast.outDataType = f32, i32
+    softmax = schema.SoftmaxOptionsT()
+    softmax.beta = 1.0
+    kinds = schema.BuiltinOptions
+    subgraph = schema.SubGraphT()
+    subgraph.name, subgraph.tensors = b"main", tensors
+    subgraph.inputs, subgraph.outputs = np.array([0], np.int32), np.array([10], np.int32)
+    subgraph.operators = [
+        op(ops.REDUCE_MAX, [0, 1], [2], kinds.ReducerOptions, reducer),
+        op(ops.REDUCE_MIN, [0, 1], [3], kinds.ReducerOptions, reducer),
+        op(ops.SUB, [2, 3], [4], kinds.SubOptions, schema.SubOptionsT()),
+        op(ops.MUL, [4, 5], [6], kinds.MulOptions, schema.MulOptionsT()),
+        op(ops.CAST, [6], [7], kinds.CastOptions, cast),
+        op(ops.GATHER, [8, 7], [9], kinds.GatherOptions, schema.GatherOptionsT()),
+        op(ops.SOFTMAX, [9], [10], kinds.SoftmaxOptions, softmax),
+    ]
+    model.subgraphs = [subgraph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def random_bytes(size: int) -> bytes:
+    return os.urandom(size)

@@ -1,0 +1,278 @@
+"""deploy/wheelhouse.sh and deploy/install.sh for real: wheels downloaded from the index (through
+pip's cache), installs into throwaway roots (never the host's /etc), offline where it matters."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+INSTALL = REPO / "deploy" / "install.sh"
+WHEELHOUSE = REPO / "deploy" / "wheelhouse.sh"
+MACHINE = platform.machine()
+
+
+def _installer_python() -> list[str]:
+    """install.sh defaults to /usr/bin/python3, as on a board; where that cannot make venvs (no
+    python3-venv) or is too old, the tests hand it the interpreter behind their own venv."""
+    check = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"
+    if Path("/usr/bin/python3").exists() and subprocess.run(["/usr/bin/python3", "-c", check]).returncode == 0:
+        return []
+    return ["--python", sys._base_executable]
+
+
+PYTHON_ARGS = _installer_python()
+TARGET_PYTHON = PYTHON_ARGS[1] if PYTHON_ARGS else "/usr/bin/python3"
+TARGET_PY_VERSION = subprocess.run([TARGET_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates users and root-owned files: run as root (the CI container is)")
+
+
+def run(*args: str | Path, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    print(f"$ {' '.join(str(a) for a in args)}  ({time.monotonic() - started:.1f} s, exit {result.returncode})")
+    if check:
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def offline(*args: str | Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run without a network (a fresh network namespace) and without this machine's pip config,
+    so an "offline" install can only use the wheelhouse."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, **(env or {})}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    prefix = ["unshare", "--net"] if _can_unshare_net() else []
+    started = time.monotonic()
+    result = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+    print(f"$ {' '.join(prefix + [str(a) for a in args])}  ({time.monotonic() - started:.1f} s, exit {result.returncode})")
+    if check:
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _can_unshare_net() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+def seeded_root(path: Path) -> Path:
+    """A root with the account files a Debian image has, so useradd --prefix has something to edit."""
+    (path / "etc").mkdir(parents=True)
+    (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (path / "etc/group").write_text("root:x:0:\nvideo:x:44:\n")  # video exists, dialout/plugdev do not
+    (path / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (path / "etc/gshadow").write_text("root:*::\nvideo:!::\n")
+    for name in ("shadow", "gshadow"):
+        (path / "etc" / name).chmod(0o600)
+    return path
+
+
+def account(root: Path, kind: str, name: str) -> list[str] | None:
+    for line in (root / "etc" / kind).read_text().splitlines():
+        if line.split(":")[0] == name:
+            return line.split(":")
+    return None
+
+
+def host_accounts_digest() -> str:
+    return hashlib.sha256(b"".join(Path(f"/etc/{n}").read_bytes() for n in ("passwd", "group", "shadow", "gshadow"))).hexdigest()
+
+
+def copy_tree(destination: Path) -> Path:
+    """The parts of the repository install.sh uses, so a test can change the source freely."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, destination / name)
+    for name in ("edge_agent", "deploy", "systemd", "models/demo"):
+        shutil.copytree(REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return destination
+
+
+@pytest.fixture(scope="module")
+def native_wheelhouse(tmp_path_factory) -> Path:
+    """A bundle for THIS machine (same script, --machine `uname -m`), so it can be installed here."""
+    out = tmp_path_factory.mktemp("bundle") / f"edge-agent-{MACHINE}"
+    run(WHEELHOUSE, "--machine", MACHINE, "--python-version", TARGET_PY_VERSION, "--out", out, "--python", sys.executable)
+    return out
+
+
+@pytest.fixture(scope="module")
+def aarch64_wheelhouse(tmp_path_factory) -> tuple[Path, float]:
+    out = tmp_path_factory.mktemp("bundle") / "edge-agent-aarch64"
+    started = time.monotonic()
+    result = run(WHEELHOUSE, "--out", out, "--python", sys.executable)
+    print(result.stdout)
+    return out, time.monotonic() - started
+
+
+def test_aarch64_wheelhouse_has_every_device_requirement(aarch64_wheelhouse):
+    out, seconds = aarch64_wheelhouse
+    print(f"aarch64 wheelhouse built in {seconds:.1f} s")
+    wheels = out / "wheels"
+    names = sorted(p.name for p in wheels.glob("*.whl"))
+    manifest = (wheels / "manifest.txt").read_text()
+    assert "machine: aarch64" in manifest and "python-version: 3.11" in manifest
+    for pattern in (r"ai_edge_litert-2\.\d+\.\d+-cp311-cp311-manylinux_2_27_aarch64\.whl",
+                    r"tflite_runtime-2\.14\.0-cp311-cp311-manylinux_2_34_aarch64\.whl",
+                    r"numpy-1\.26\.\d+-cp311-cp311-.*aarch64.*\.whl",
+                    r"opencv_python_headless-4\.11\.0\.86-.*aarch64.*\.whl",
+                    r"paho_mqtt-2\.", r"pyserial-3\.", r"cryptography-", r"edge_agent-0\.\d+\.\d+-py3-none-any\.whl"):
+        assert any(re.match(pattern, name) for name in names), f"no wheel matches {pattern}: {names}"
+    assert not [n for n in names if n.startswith(("tensorflow", "tf_"))], "TensorFlow never goes on the board"
+    assert not [n for n in names if "x86_64" in n]
+    assert subprocess.run(["sha256sum", "--quiet", "--strict", "-c", "SHA256SUMS"], cwd=wheels).returncode == 0
+    for path in ("deploy/install.sh", "deploy/agent.example.toml", "systemd/edge-agent.service", "models/demo/digits_int8.tflite"):
+        assert (out / path).is_file(), f"the bundle lacks {path}"
+    assert os.access(out / "deploy/install.sh", os.X_OK)
+
+
+def test_wheelhouse_names_the_requirement_without_a_board_wheel(tmp_path):
+    """armv7l (32-bit Pi OS) has no manylinux numpy 1.26 or OpenCV 4.11 wheels on PyPI."""
+    result = run(WHEELHOUSE, "--machine", "armv7l", "--out", tmp_path / "b", "--python", sys.executable, check=False)
+    assert result.returncode != 0
+    assert "no wheel on the index for CPython 3.11 on armv7l" in result.stderr
+    assert "opencv-python-headless==4.11.0.86" in result.stderr.splitlines()[-1]
+
+
+def test_check_rejects_a_wheel_for_the_wrong_machine(tmp_path, aarch64_wheelhouse):
+    out, _ = aarch64_wheelhouse
+    folder = tmp_path / "wheels"
+    shutil.copytree(out / "wheels", folder)
+    next(folder.glob("numpy-*.whl")).unlink()
+    (folder / "pyserial-3.5-py2.py3-none-any.whl").unlink()
+    (folder / "cffi-1.17.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").write_bytes(b"")
+    result = run(sys.executable, REPO / "deploy/wheelhouse.py", "check", folder, check=False)
+    assert result.returncode == 1
+    assert "missing: numpy<2,>=1.26" in result.stderr
+    assert "missing: pyserial>=3.5" in result.stderr
+    assert "cffi-1.17.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl: not for CPython 3.11 on aarch64" in result.stderr
+
+
+def test_offline_install_into_a_root_then_again_then_uninstall(tmp_path, native_wheelhouse):
+    root = seeded_root(tmp_path / "root")
+    host_accounts = host_accounts_digest()
+    bundle_install = native_wheelhouse / "deploy" / "install.sh"
+
+    first = offline(bundle_install, "--root", root, "--wheelhouse", native_wheelhouse / "wheels", *PYTHON_ARGS)
+    print(first.stdout)
+    venv = root / "opt/edge-agent/venv"
+    version = run(venv / "bin/edge-agent", "--version").stdout.strip()
+    assert re.fullmatch(r"edge-agent \d+\.\d+\.\d+", version)
+    assert "tflite-runtime" in run(venv / "bin/python", "-m", "pip", "list").stdout
+    assert (root / "opt/edge-agent/models/demo/digits_int8.tflite").is_file()
+    unit = root / "etc/systemd/system/edge-agent.service"
+    assert unit.read_text() == (REPO / "systemd/edge-agent.service").read_text()
+    wants = root / "etc/systemd/system/multi-user.target.wants/edge-agent.service"
+    assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edge-agent.service"
+
+    # the user and its groups went into the root's account files, not the host's
+    user = account(root, "passwd", "edge-agent")
+    assert user and user[5] == "/var/lib/edge-agent" and user[6] == "/usr/sbin/nologin"
+    for group in ("video", "dialout", "plugdev"):
+        assert "edge-agent" in account(root, "group", group)[3].split(","), group
+    assert account(root, "group", "video")[2] == "44", "an existing group is reused, not recreated"
+    assert host_accounts_digest() == host_accounts
+
+    config = root / "etc/edge-agent/agent.toml"
+    assert config.read_text() == (REPO / "deploy/agent.example.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640 and config.stat().st_gid == int(account(root, "group", "edge-agent")[2])
+    password = root / "etc/edge-agent/mqtt_password"
+    assert password.read_bytes() == b"" and stat.S_IMODE(password.stat().st_mode) == 0o600 and password.stat().st_uid == 0
+
+    # the installed config is valid and names files the installer put in place
+    staged = tmp_path / "agent.toml"
+    staged.write_text(config.read_text().replace("/opt/edge-agent/", f"{root}/opt/edge-agent/"))
+    assert "OK (1 pipeline(s)" in run(venv / "bin/edge-agent", "check-config", staged).stdout
+
+    # the installed unit verifies with its ExecStart pointing into the root's venv
+    if shutil.which("systemd-analyze"):
+        checked = tmp_path / "verify" / "edge-agent.service"
+        checked.parent.mkdir()
+        checked.write_text(unit.read_text().replace("ExecStart=/opt/edge-agent/", f"ExecStart={root}/opt/edge-agent/"))
+        result = run("systemd-analyze", "verify", checked, check=False)
+        assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stderr
+
+    # second run: your config survives, nothing else changes, and it says so
+    config.write_text(config.read_text().replace('log_level = "info"', 'log_level = "debug"'))
+    second = offline(bundle_install, "--root", root, "--wheelhouse", native_wheelhouse / "wheels", *PYTHON_ARGS)
+    print(second.stdout)
+    assert "nothing to change" in second.stdout
+    assert not [line for line in second.stdout.splitlines() if line.startswith("  + ")]
+    assert 'log_level = "debug"' in config.read_text()
+
+    # uninstall keeps config and state; a second uninstall has nothing to do; --purge removes them
+    (root / "var/lib/edge-agent").mkdir(parents=True)
+    removed = run(INSTALL, "--uninstall", "--root", root)
+    print(removed.stdout)
+    assert not unit.exists() and not wants.exists() and not (root / "opt/edge-agent").exists()
+    assert account(root, "passwd", "edge-agent") is None and account(root, "group", "edge-agent") is None
+    assert config.is_file() and (root / "var/lib/edge-agent").is_dir()
+    assert "nothing to remove" in run(INSTALL, "--uninstall", "--root", root).stdout
+    run(INSTALL, "--uninstall", "--purge", "--root", root)
+    assert not (root / "etc/edge-agent").exists() and not (root / "var/lib/edge-agent").exists()
+    assert host_accounts_digest() == host_accounts
+
+
+def test_install_from_a_source_tree_reinstalls_only_when_it_changed(tmp_path):
+    """The default (--from this repository), online: a changed source file replaces the code
+    even though the version number stayed the same."""
+    (tmp_path / "tree").mkdir()
+    tree = copy_tree(tmp_path / "tree")
+    root = tmp_path / "root"  # bare: no account files, so no user (and a note saying so)
+    first = run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS)
+    print(first.stdout)
+    assert "user edge-agent not created" in first.stdout
+    venv_python = root / "opt/edge-agent/venv/bin/python"
+    assert run(root / "opt/edge-agent/venv/bin/edge-agent", "--version").returncode == 0
+    assert "nothing to change" in run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS).stdout
+
+    init = tree / "edge_agent" / "__init__.py"
+    init.write_text(init.read_text() + "\nINSTALLED_FROM_THE_CHANGED_TREE = True\n")
+    third = run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS)
+    assert re.search(r"^  \+ edge-agent .* in the venv", third.stdout, re.M), third.stdout
+    probe = "import edge_agent; print(edge_agent.INSTALLED_FROM_THE_CHANGED_TREE)"
+    # -I: not the repository's edge_agent from the working directory, the venv's
+    assert run(venv_python, "-I", "-c", probe).stdout.strip() == "True"
+
+
+def test_picamera2_on_the_system_python_gives_the_venv_system_site_packages(tmp_path, native_wheelhouse):
+    root = tmp_path / "root"
+    wheels = native_wheelhouse / "wheels"
+    offline(INSTALL, "--root", root, "--wheelhouse", wheels, *PYTHON_ARGS)
+    cfg = root / "opt/edge-agent/venv/pyvenv.cfg"
+    assert "include-system-site-packages = false" in cfg.read_text()
+    # Stand-in for apt's python3-picamera2, visible to the system python only through PYTHONPATH.
+    fake = tmp_path / "dist-packages" / "picamera2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    result = offline(INSTALL, "--root", root, "--wheelhouse", wheels, *PYTHON_ARGS, env={"PYTHONPATH": str(fake.parent)})
+    assert "system site-packages now: yes" in result.stdout
+    assert "include-system-site-packages = true" in cfg.read_text()
+
+
+def test_a_damaged_or_foreign_wheelhouse_is_refused(tmp_path, native_wheelhouse, aarch64_wheelhouse):
+    damaged = tmp_path / "wheels"
+    shutil.copytree(native_wheelhouse / "wheels", damaged)
+    wheel = next(damaged.glob("paho_mqtt-*.whl"))
+    wheel.write_bytes(wheel.read_bytes()[:-100])
+    result = offline(INSTALL, "--root", tmp_path / "root", "--wheelhouse", damaged, *PYTHON_ARGS, check=False)
+    assert result.returncode == 1 and "is damaged (SHA256SUMS does not match): copy it again" in result.stderr
+
+    if MACHINE != "aarch64":
+        out, _ = aarch64_wheelhouse
+        result = offline(INSTALL, "--root", tmp_path / "root2", "--wheelhouse", out / "wheels", *PYTHON_ARGS, check=False)
+        assert result.returncode == 1
+        assert f"the wheelhouse is for aarch64 but this machine is {MACHINE}" in result.stderr
+        assert not (tmp_path / "root2" / "opt").exists(), "refused before anything was installed"
