@@ -1,5 +1,6 @@
 """The two reference rates measured inside the bench process: the interpreter alone, and the
-plain single-thread loop (read → preprocess → invoke → decode → publish, one after another)."""
+plain single-thread loop people write (read → resize → set_tensor → invoke → get_tensor →
+publish, one after another, see naive_input.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import time
 
 from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
-from edge_agent.preprocess import Preprocessor
+from edge_agent.benchmark.naive_input import naive_input
 from edge_agent.service.active_model import build_active_model
 from edge_agent.sinks.mqtt import MqttListener, MqttPublisher
 from edge_agent.sources import make_source
@@ -26,9 +27,10 @@ def interpreter_fps(pipeline: PipelineConfig, seconds: float) -> tuple[float, fl
 
 
 def plain_loop_fps(pipeline: PipelineConfig, seconds: float, mqtt: MqttConfig) -> float:
-    """Frames per second of the same work done serially on one thread, publishing at QoS 1."""
+    """Frames per second of the plain loop on one thread, publishing at QoS 1."""
     active = build_active_model(pipeline)
-    preprocessor = Preprocessor(active.model.input, pipeline.preprocess)
+    spec = active.model.input
+    geometry = active.preprocessor.geometry_for(spec.shape[1], spec.shape[2])  # stretch: boxes as they are
     source = make_source(SourceSpec(uri=pipeline.source.uri, loop=True))
     publisher = MqttPublisher(mqtt, "bench-plain")
     topic = publisher.prediction_topic("plain")
@@ -43,9 +45,7 @@ def plain_loop_fps(pipeline: PipelineConfig, seconds: float, mqtt: MqttConfig) -
 
     def one_frame() -> None:
         image = source.read()
-        buffer = preprocessor.new_buffer()  # as set_tensor-style loops do: a new array per frame
-        geometry = preprocessor.prepare(image, buffer)
-        decoded = active.decode(active.model.run(buffer), geometry)
+        decoded = active.decode(active.model.run(naive_input(image, spec, pipeline.preprocess)), geometry)
         payload = {"classes": [c.__dict__ for c in decoded.classes], "detections": len(decoded.detections)}
         publisher.publish(topic, json.dumps(payload))
 

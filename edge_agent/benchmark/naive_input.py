@@ -1,0 +1,32 @@
+"""The input preparation most hand-written loops do, as the reference the agent is measured against:
+cv2.resize with its default interpolation, cvtColor, then numpy normalisation and quantisation
+that allocate new arrays every frame. (OpenCV is used here, outside sources/, on purpose: this
+is a copy of what users write, not part of the agent.)"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge_agent.config import PreprocessOptions
+from edge_agent.runtime import TensorSpec
+
+
+def naive_input(image: np.ndarray, spec: TensorSpec, options: PreprocessOptions) -> np.ndarray:
+    """`image` (BGR uint8) as the model's input array, the plain way."""
+    height, width = spec.shape[1], spec.shape[2]
+    channels = spec.shape[3] if len(spec.shape) == 4 else 1
+    resized = cv2.resize(image, (width, height))
+    if channels == 1:
+        pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[..., None]
+    elif options.color == "rgb":
+        pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    else:
+        pixels = resized
+    real = (pixels.astype(np.float32) - np.float32(options.mean[0])) / np.float32(options.std[0])
+    if spec.dtype == np.float32:
+        values = real
+    else:
+        info = np.iinfo(spec.dtype)
+        values = np.clip(np.round(real / spec.scale + spec.zero_point), info.min, info.max).astype(spec.dtype)
+    return values.reshape(spec.shape)
