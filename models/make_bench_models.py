@@ -12,9 +12,10 @@ input is MobileNetV2's usual ``pixel / 127.5 - 1`` (range [-1, 1]); the int8
 model is calibrated on random crops of the photos bundled with scikit-image,
 so its quantisation ranges come from real images.
 
-Run it in the host venv (TensorFlow is needed)::
+Run it with a Python that has TensorFlow and this package installed (the test
+venv, ``make install-test``)::
 
-    .venv-host/bin/python models/make_bench_models.py [--out DIR] [--device-python PY]
+    .venv/bin/python models/make_bench_models.py [--out DIR] [--device-python PY]
 
 It prints each file's size and single-thread invoke time in ai_edge_litert
 (and in tflite_runtime via ``--device-python``, default ``.venv/bin/python``
@@ -23,12 +24,9 @@ when it exists).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +34,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's banner out of th
 
 import numpy as np
 
+from edge_agent.atomic_file import write_file_atomically
+
+# models/_common.py (Python puts a script's own folder first on sys.path)
+from _common import REPO, batch1_converter, convert_full_int8, make_parser, run_in_runtime, runtime_pythons
+
 SEED = 0
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 224
 CALIBRATION_IMAGES = 100
 # Colour and gray photos that ship inside scikit-image (no download needed).
@@ -59,26 +61,6 @@ PHOTOS = (
 
 
 # --------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temp file in the same dir + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_photos() -> list[np.ndarray]:
     """The bundled scikit-image photos as HxWx3 uint8 RGB."""
     import skimage.data
@@ -166,37 +148,18 @@ def calibrate_classifier(model, images: np.ndarray, logit_std: float = 4.0) -> N
     dense.bias.assign(-k * feats.mean(axis=0) @ w)
 
 
-def frozen_converter(model):
-    """Converter over a batch-1 concrete function.
-
-    Passing the function without its Keras model makes the converter freeze
-    the variables into constants (with the model attached, TF 2.19 keeps
-    Keras 3 variables as READ_VARIABLE ops, which breaks calibration).
-    """
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="input")])
-    def serve(image):
-        return {"probs": model(image, training=False)}
-
-    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+def converter(model):
+    """Converter for the network with input [1,224,224,3] named ``input``."""
+    return batch1_converter(model, (SIZE, SIZE, 3), "input")
 
 
 def convert_float(model) -> bytes:
-    return frozen_converter(model).convert()
+    return converter(model).convert()
 
 
 def convert_int8(model) -> bytes:
-    import tensorflow as tf
-
-    conv = frozen_converter(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = calibration_images
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     # int8 in and out, like models/demo/digits_int8.tflite.
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
+    return convert_full_int8(converter(model), calibration_images, "int8")
 
 
 # --------------------------------------------------------------------------
@@ -204,11 +167,7 @@ def convert_int8(model) -> bytes:
 # --------------------------------------------------------------------------
 _BENCH_SNIPPET = r"""
 import json, sys, time, numpy as np
-mod, path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if mod == "ai_edge_litert":
-    from ai_edge_litert.interpreter import Interpreter
-else:
-    from tflite_runtime.interpreter import Interpreter
+path, runs = sys.argv[2], int(sys.argv[3])
 it = Interpreter(model_path=path, num_threads=1)
 it.allocate_tensors()
 inp, out = it.get_input_details()[0], it.get_output_details()[0]
@@ -230,7 +189,7 @@ print(json.dumps({"median_ms": float(np.median(ms)), "min_ms": float(np.min(ms))
 
 
 def bench(py: str, runtime: str, path: Path, runs: int) -> dict:
-    proc = subprocess.run([py, "-c", _BENCH_SNIPPET, runtime, str(path), str(runs)], capture_output=True, text=True)
+    proc = run_in_runtime(py, runtime, _BENCH_SNIPPET, [str(path), str(runs)])
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc={proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -268,22 +227,12 @@ def top1_agreement(float_path: Path, int8_path: Path, n: int = 40) -> tuple[floa
     return same / n, len(tops), float(np.mean(maxp))
 
 
-def default_device_python() -> str | None:
-    py = REPO / ".venv" / "bin" / "python"
-    return str(py) if py.exists() else None
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "models" / "bench")
-    ap.add_argument(
-        "--device-python",
-        default=default_device_python(),
-        help="python with tflite_runtime to time there too ('' to skip)",
-    )
+    ap = make_parser(__doc__.splitlines()[0], REPO / "models" / "bench", "python with tflite_runtime to time there too")
     ap.add_argument("--runs", type=int, default=20, help="timed invokes per model")
     args = ap.parse_args(argv)
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     model = build_model()
@@ -292,12 +241,10 @@ def main(argv=None) -> int:
         "mobilenet_v2_int8.tflite": convert_int8(model),
     }
     for name, data in files.items():
-        write_atomic(out / name, data)
+        write_file_atomically(out / name, data)
     t_make = time.time() - t0
 
-    runtimes = [("ai_edge_litert", sys.executable)]
-    if args.device_python:
-        runtimes.append(("tflite_runtime", args.device_python))
+    runtimes = runtime_pythons(args.device_python)
     failed = False
     for name in files:
         path = out / name

@@ -18,9 +18,10 @@ mapped to the image domain as ``img_u8 = round(v * 255 / 16)`` and the model's
 float input is ``img_u8 / 255`` so that a camera frame converted to gray and
 shrunk to 8x8 feeds the model with the same preprocessing.
 
-Run it in the host venv (TensorFlow is needed)::
+Run it with a Python that has TensorFlow and this package installed (the test
+venv, ``make install-test``)::
 
-    .venv-host/bin/python models/make_demo.py [--out DIR] [--device-python PY]
+    .venv/bin/python models/make_demo.py [--out DIR] [--device-python PY]
 
 ``--device-python`` (default ``.venv/bin/python`` when it exists) is used to
 check that the models load and run in tflite_runtime as well as ai_edge_litert.
@@ -28,15 +29,10 @@ check that the models load and run in tflite_runtime as well as ai_edge_litert.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's banner out of the summary
@@ -46,8 +42,14 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from edge_agent.atomic_file import write_file_atomically
+from edge_agent.host.metadata import LABELS_FILE, attach_files, labels_file_bytes
+from edge_agent.runtime.tflite_file import read_model_file
+
+# models/_common.py (Python puts a script's own folder first on sys.path)
+from _common import REPO, batch1_converter, convert_full_int8, make_parser, run_in_runtime, runtime_pythons
+
 SEED = 0
-REPO = Path(__file__).resolve().parents[1]
 LABELS = [str(d) for d in range(10)]
 VIDEO_FRAMES = 200
 VIDEO_FPS = 20
@@ -59,44 +61,8 @@ VIDEO_JPEG_QUALITY = 75
 
 
 # --------------------------------------------------------------------------
-# small helpers
+# seeding
 # --------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temp file in the same dir + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def embed_labels(model_bytes: bytes, labels: list[str]) -> bytes:
-    """Append a zip holding ``labels.txt`` to a .tflite flatbuffer.
-
-    This mirrors what ``tflite_support``'s MetadataPopulator does for
-    associated files: it opens the model bytes with ``zipfile`` in append
-    mode, which writes a zip archive after the flatbuffer. Interpreters
-    ignore the trailing bytes; readers find the archive from its end record.
-    A fixed timestamp keeps the output byte-for-byte reproducible.
-    """
-    buf = io.BytesIO(model_bytes)
-    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
-        info = zipfile.ZipInfo("labels.txt", date_time=(1980, 1, 1, 0, 0, 0))
-        zf.writestr(info, "\n".join(labels) + "\n")
-    return buf.getvalue()
-
-
 def set_seeds(seed: int) -> None:
     import keras
     import tensorflow as tf
@@ -152,45 +118,23 @@ def build_and_train(x_train: np.ndarray, y_train: np.ndarray):
     return model
 
 
-def concrete_fn(model):
-    """A batch-1 concrete function: the .tflite input becomes [1,8,8,1].
-
-    It is handed to the converter without the Keras model so the converter
-    freezes the weights into constants; with the model attached, TF 2.19
-    keeps Keras 3 variables as READ_VARIABLE ops and int8 calibration fails.
-    """
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.float32, name="image")])
-    def serve(image):
-        return {"probs": model(image, training=False)}
-
-    return serve.get_concrete_function()
+def converter(model):
+    """Converter for the trained model with input [1,8,8,1] named ``image``."""
+    return batch1_converter(model, (8, 8, 1), "image")
 
 
 def convert_float(model) -> bytes:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn(model)])
-    return conv.convert()
+    return converter(model).convert()
 
 
 def convert_int8(model, x_train: np.ndarray) -> bytes:
-    import tensorflow as tf
-
     def representative():
         # Every training image once, in a fixed order: calibrates the input
         # range to exactly [0,1] and the activations to what the data sees.
         for img in to_float(x_train):
             yield [img[None]]
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn(model)])
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
+    return convert_full_int8(converter(model), representative, "int8")
 
 
 # --------------------------------------------------------------------------
@@ -260,11 +204,6 @@ def read_video_as_8x8(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------
 _CHECK_SNIPPET = r"""
 import json, sys, numpy as np
-mod = sys.argv[1]
-if mod == "ai_edge_litert":
-    from ai_edge_litert.interpreter import Interpreter
-else:
-    from tflite_runtime.interpreter import Interpreter
 res = {}
 for p in sys.argv[2:]:
     try:
@@ -283,37 +222,22 @@ print(json.dumps(res))
 
 def check_runtimes(paths: list[Path], device_python: str | None) -> dict[str, dict[str, str]]:
     """Load + invoke each model in ai_edge_litert and (if given) tflite_runtime."""
-    runs = [("ai_edge_litert", sys.executable)]
-    if device_python:
-        runs.append(("tflite_runtime", device_python))
     result = {}
-    for mod, py in runs:
-        proc = subprocess.run(
-            [py, "-c", _CHECK_SNIPPET, mod, *map(str, paths)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+    for mod, py in runtime_pythons(device_python):
+        proc = run_in_runtime(py, mod, _CHECK_SNIPPET, list(map(str, paths)))
+        proc.check_returncode()
         result[mod] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
 # --------------------------------------------------------------------------
-def default_device_python() -> str | None:
-    py = REPO / ".venv" / "bin" / "python"
-    return str(py) if py.exists() else None
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "models" / "demo")
-    ap.add_argument(
-        "--device-python",
-        default=default_device_python(),
-        help="python with tflite_runtime for the cross-runtime check ('' to skip)",
+    ap = make_parser(
+        __doc__.splitlines()[0], REPO / "models" / "demo", "python with tflite_runtime for the cross-runtime check"
     )
     args = ap.parse_args(argv)
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     set_seeds(SEED)
@@ -324,13 +248,14 @@ def main(argv=None) -> int:
         "float": out / "digits_float32.tflite",
         "int8": out / "digits_int8.tflite",
     }
-    write_atomic(paths["float"], embed_labels(convert_float(model), LABELS))
-    write_atomic(paths["int8"], embed_labels(convert_int8(model, x_tr), LABELS))
-    write_atomic(out / "labels.txt", ("\n".join(LABELS) + "\n").encode())
+    labels = {LABELS_FILE: labels_file_bytes(LABELS)}
+    write_file_atomically(paths["float"], attach_files(convert_float(model), labels))
+    write_file_atomically(paths["int8"], attach_files(convert_int8(model, x_tr), labels))
+    write_file_atomically(out / LABELS_FILE, labels[LABELS_FILE])
 
-    # The embedded labels must be readable exactly as a consumer would read them.
+    # The embedded labels must be readable exactly as the agent reads them.
     for p in paths.values():
-        got = zipfile.ZipFile(io.BytesIO(p.read_bytes())).read("labels.txt").decode().split()
+        got = read_model_file(p).labels
         assert got == LABELS, (p, got)
 
     acc_float = Classifier(paths["float"]).accuracy(to_float(x_te), y_te)
@@ -340,7 +265,7 @@ def main(argv=None) -> int:
     video = out / "digits-demo.avi"
     write_video(video, x_te[:VIDEO_FRAMES])
     truth = y_te[:VIDEO_FRAMES]
-    write_atomic(out / "digits-demo.truth.txt", "".join(f"{d}\n" for d in truth).encode())
+    write_file_atomically(out / "digits-demo.truth.txt", "".join(f"{d}\n" for d in truth).encode())
     decoded = read_video_as_8x8(video)
     assert len(decoded) == VIDEO_FRAMES, len(decoded)
     acc_video = int8.accuracy(to_float(decoded), truth)
@@ -355,7 +280,7 @@ def main(argv=None) -> int:
         "input": "8x8x1 gray, float = pixel/255",
         "made_by": "models/make_demo.py",
     }
-    write_atomic(out / "digits.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_file_atomically(out / "digits.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     runtimes = check_runtimes(list(paths.values()), args.device_python or None)
 

@@ -19,9 +19,10 @@ All weights are random (seeded) -- these models exercise the runtime plumbing
 * ``README.md``             one line per file, including the exact error text
                             each runtime gives for the broken files
 
-Run it in the host venv (TensorFlow is needed)::
+Run it with a Python that has TensorFlow and this package installed (the test
+venv, ``make install-test``)::
 
-    .venv-host/bin/python models/make_test_models.py [--out DIR] [--device-python PY]
+    .venv/bin/python models/make_test_models.py [--out DIR] [--device-python PY]
 
 Every model is loaded and invoked (or expected to fail) in ai_edge_litert
 (this interpreter) and in tflite_runtime (``--device-python``, default
@@ -30,11 +31,9 @@ Every model is loaded and invoked (or expected to fail) in ai_edge_litert
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +43,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's banner out of th
 
 import numpy as np
 
+from edge_agent.atomic_file import write_file_atomically
+
+# models/_common.py (Python puts a script's own folder first on sys.path)
+from _common import REPO, convert_full_int8, make_parser, run_in_runtime, runtime_pythons
+
 SEED = 0
-REPO = Path(__file__).resolve().parents[1]
 
 # ---- SSD geometry ---------------------------------------------------------
 SSD_SIZE = 64  # input is [1, 64, 64, 3]
@@ -79,26 +82,6 @@ EDGETPU_OP = "edgetpu-custom-op"
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temp file in the same dir + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def he_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """He-initialised weights, so activations neither vanish nor explode."""
     fan_in = int(np.prod(shape[:-1]))
@@ -260,11 +243,7 @@ def convert_function(fn, spec, quantize_uint8_with=None) -> bytes:
     cf = tf.function(fn, input_signature=[spec]).get_concrete_function()
     conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
     if quantize_uint8_with is not None:
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = quantize_uint8_with
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.uint8
-        conv.inference_output_type = tf.uint8
+        return convert_full_int8(conv, quantize_uint8_with, "uint8")
     return conv.convert()
 
 
@@ -338,11 +317,7 @@ def make_edgetpu_fake() -> bytes:
 # that quote the path stay short and stable.
 _CHECK_SNIPPET = r"""
 import json, sys, numpy as np
-mod, name, mode = sys.argv[1:4]
-if mod == "ai_edge_litert":
-    from ai_edge_litert.interpreter import Interpreter
-else:
-    from tflite_runtime.interpreter import Interpreter
+name, mode = sys.argv[2:4]
 
 def desc(d):
     return {"name": d["name"], "shape": [int(s) for s in d["shape"]],
@@ -386,7 +361,7 @@ print(json.dumps(r))
 
 
 def check_one(py: str, runtime: str, out: Path, name: str, mode: str) -> dict:
-    proc = subprocess.run([py, "-c", _CHECK_SNIPPET, runtime, name, mode], cwd=out, capture_output=True, text=True)
+    proc = run_in_runtime(py, runtime, _CHECK_SNIPPET, [name, mode], cwd=out)
     if proc.returncode < 0:  # killed by a signal: the runtime crashed
         return {"ok": False, "crashed": signal.Signals(-proc.returncode).name}
     if proc.returncode != 0:
@@ -396,11 +371,8 @@ def check_one(py: str, runtime: str, out: Path, name: str, mode: str) -> dict:
 
 def check_runtimes(out: Path, names: list[str], device_python: str | None) -> dict[str, dict]:
     """runtime -> model -> result of loading by path (+ by bytes if that failed)."""
-    runs = [("ai_edge_litert", sys.executable)]
-    if device_python:
-        runs.append(("tflite_runtime", device_python))
     result = {}
-    for runtime, py in runs:
+    for runtime, py in runtime_pythons(device_python):
         res = result[runtime] = {}
         for name in names:
             r = res[name] = check_one(py, runtime, out, name, "path")
@@ -502,21 +474,13 @@ def readme(out: Path, checks: dict[str, dict], descriptions: dict[str, str], rol
 
 
 # --------------------------------------------------------------------------
-def default_device_python() -> str | None:
-    py = REPO / ".venv" / "bin" / "python"
-    return str(py) if py.exists() else None
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "tests" / "models")
-    ap.add_argument(
-        "--device-python",
-        default=default_device_python(),
-        help="python with tflite_runtime for the cross-runtime check ('' to skip)",
+    ap = make_parser(
+        __doc__.splitlines()[0], REPO / "tests" / "models", "python with tflite_runtime for the cross-runtime check"
     )
     args = ap.parse_args(argv)
     out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     import tensorflow as tf
@@ -534,7 +498,7 @@ def main(argv=None) -> int:
         "truncated.tflite": sensor[: int(len(sensor) * 0.4)],
     }
     for name, data in models.items():
-        write_atomic(out / name, data)
+        write_file_atomically(out / name, data)
 
     assert "TFLite_Detection_PostProcess" in op_names(ssd_float)
     assert "TFLite_Detection_PostProcess" in op_names(ssd_int8)
@@ -564,7 +528,7 @@ def main(argv=None) -> int:
         "not_a_model.tflite": "2048 seeded random bytes, not a flatbuffer. Expected to FAIL.",
         "truncated.tflite": "first 40% of the bytes of `sensor_tiny.tflite`. Expected to FAIL.",
     }
-    write_atomic(out / "README.md", readme(out, checks, descriptions, roles).encode())
+    write_file_atomically(out / "README.md", readme(out, checks, descriptions, roles).encode())
 
     # ---- summary / self-check -------------------------------------------
     expect_ok = {"ssd_tiny.tflite", "ssd_tiny_int8.tflite", "sensor_tiny.tflite"}
