@@ -49,7 +49,8 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> 
 class Broker:
     """A real mosquitto process on 127.0.0.1:port that tests can stop and start again."""
 
-    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False, password_file: Path | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False, password_file: Path | None = None,
+                 extra_config: tuple[str, ...] = ()):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.fail("mosquitto is not installed: `make test` installs it with apt-get")
@@ -58,6 +59,7 @@ class Broker:
         self.host = "127.0.0.1"
         self.persistence = persistence
         self.password_file = password_file  # a mosquitto_passwd file: then anonymous clients are refused
+        self.extra_config = extra_config  # more mosquitto.conf lines, e.g. "max_packet_size 20000"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
@@ -69,6 +71,7 @@ class Broker:
             lines += ["allow_anonymous true"]
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
+        lines += list(self.extra_config)
         conf.write_text("\n".join(lines) + "\n")
         self.log = open(self.workdir / "mosquitto.log", "ab")
         self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self.log, stderr=self.log)

@@ -9,6 +9,9 @@ converter itself uses):
   the self-test's mid-grey frame) gives index 0 and works; a real digit frame (black background,
   white strokes) gives index 20 and invoke() fails with "gather index out of bounds". A model
   that passes its self-test and fails on live frames: what probation is for.
+- `slow_on_contrast_model(n)`: the same shape of classifier, whose WHILE loop counts to
+  int((max - min) * n) before answering: instant on flat frames (so it passes its self-test),
+  seconds per invoke on a real digit frame (a stall probation must catch).
 - `crashing_model()`: the demo model with the length of one tensor's shape vector set to 2^20.
   It passes edge_agent.runtime.tflite_file's checks (they bound-check buffers, not every tensor's
   shape), LiteRT refuses it (its flatbuffer verifier), and tflite-runtime 2.14, which does not
@@ -144,6 +147,76 @@ def contrast_lookup_model() -> bytes:
         op(ops.SOFTMAX, [9], [10], kinds.SoftmaxOptions, softmax),
     ]
     model.subgraphs = [subgraph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def slow_on_contrast_model(iterations_per_unit: float) -> bytes:
+    ops, kinds = schema.BuiltinOperator, schema.BuiltinOptions
+    f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
+    codes = [ops.REDUCE_MAX, ops.REDUCE_MIN, ops.SUB, ops.MUL, ops.CAST, ops.WHILE, ops.GATHER, ops.SOFTMAX,
+             ops.LESS, ops.ADD]
+    model = schema.ModelT()
+    model.version, model.buffers = 3, [schema.BufferT()]
+
+    def tensor(name, shape, kind, data=None):
+        buffer = schema.BufferT()
+        if data is not None:
+            buffer.data = np.frombuffer(data.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        made = schema.TensorT()
+        made.name, made.shape, made.type, made.buffer = name.encode(), np.array(shape, np.int32), kind, len(model.buffers) - 1
+        return made
+
+    def op(code, inputs, outputs, options_type, options):
+        operator = schema.OperatorT()
+        operator.opcodeIndex = codes.index(code)
+        operator.inputs, operator.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        operator.builtinOptionsType, operator.builtinOptions = options_type, options
+        return operator
+
+    def subgraph(name, tensors, inputs, outputs, operators):
+        made = schema.SubGraphT()
+        made.name, made.tensors, made.operators = name.encode(), tensors, operators
+        made.inputs, made.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        return made
+
+    model.operatorCodes = []
+    for code in codes:
+        operator_code = schema.OperatorCodeT()
+        operator_code.builtinCode, operator_code.deprecatedBuiltinCode, operator_code.version = code, min(code, 127), 1
+        model.operatorCodes.append(operator_code)
+    reducer, cast, softmax, loop = schema.ReducerOptionsT(), schema.CastOptionsT(), schema.SoftmaxOptionsT(), schema.WhileOptionsT()
+    cast.inDataType, cast.outDataType = f32, i32
+    softmax.beta = 1.0
+    loop.condSubgraphIndex, loop.bodySubgraphIndex = 1, 2
+    main = subgraph("main", [
+        tensor("image", [1, 8, 8, 1], f32), tensor("axes", [3], i32, np.array([1, 2, 3], np.int32)),
+        tensor("max", [1], f32), tensor("min", [1], f32), tensor("range", [1], f32),
+        tensor("n", [1], f32, np.array([iterations_per_unit], np.float32)), tensor("scaled", [1], f32),
+        tensor("limit", [1], i32), tensor("start", [1], i32, np.array([0], np.int32)), tensor("count", [1], i32),
+        tensor("limit_out", [1], i32), tensor("zero", [1], i32),
+        tensor("table", [10, 10], f32, np.eye(10, dtype=np.float32)), tensor("row", [1, 10], f32),
+        tensor("probs", [1, 10], f32),
+    ], [0], [14], [
+        op(ops.REDUCE_MAX, [0, 1], [2], kinds.ReducerOptions, reducer),
+        op(ops.REDUCE_MIN, [0, 1], [3], kinds.ReducerOptions, reducer),
+        op(ops.SUB, [2, 3], [4], kinds.SubOptions, schema.SubOptionsT()),
+        op(ops.MUL, [4, 5], [6], kinds.MulOptions, schema.MulOptionsT()),
+        op(ops.CAST, [6], [7], kinds.CastOptions, cast),
+        op(ops.WHILE, [8, 7], [9, 10], kinds.WhileOptions, loop),
+        op(ops.SUB, [9, 9], [11], kinds.SubOptions, schema.SubOptionsT()),
+        op(ops.GATHER, [12, 11], [13], kinds.GatherOptions, schema.GatherOptionsT()),
+        op(ops.SOFTMAX, [13], [14], kinds.SoftmaxOptions, softmax),
+    ])
+    condition = subgraph("condition", [tensor("i", [1], i32), tensor("limit", [1], i32),
+                                       tensor("less", [1], schema.TensorType.BOOL)], [0, 1], [2],
+                         [op(ops.LESS, [0, 1], [2], kinds.LessOptions, schema.LessOptionsT())])
+    body = subgraph("body", [tensor("i", [1], i32), tensor("limit", [1], i32),
+                             tensor("one", [1], i32, np.array([1], np.int32)), tensor("next", [1], i32)],
+                    [0, 1], [3, 1], [op(ops.ADD, [0, 2], [3], kinds.AddOptions, schema.AddOptionsT())])
+    model.subgraphs = [main, condition, body]
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -2,7 +2,8 @@
 
 Each agent announces `"groups": [...]` in its retained `{prefix}/{device}/state` and its
 availability in the retained `{prefix}/{device}/status` ("online" / "offline"). A broker sends
-retained messages right after the subscription, so a short quiet period means all have arrived.
+retained messages right after the subscription, so once no new device has shown up for a short
+while, all have arrived (live state updates of devices already seen do not extend the wait).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from edge_agent.sinks.mqtt import MqttListener
 
 logger = logging.getLogger(__name__)
 
-QUIET_S = 0.5  # no new retained message for this long: the broker has sent them all
+QUIET_S = 0.5  # no new device for this long: the broker has sent every retained message
 MAX_WAIT_S = 5.0
 
 
@@ -48,13 +49,14 @@ def read_fleet(broker: BrokerAddress, prefix: str) -> Fleet:
     """Collect the retained state and status of every device under `prefix`."""
     fleet = Fleet()
     lock = threading.Lock()
-    last_message = [time.monotonic()]
+    last_new_device = [time.monotonic()]
 
     def on_message(topic: str, payload: bytes) -> None:
         parts = topic.split("/")
         device, kind = parts[-2], parts[-1]
         with lock:
-            last_message[0] = time.monotonic()
+            if device not in fleet.groups and device not in fleet.offline:
+                last_new_device[0] = time.monotonic()
             if kind == "status":
                 if payload == b"offline":
                     fleet.offline.add(device)
@@ -75,10 +77,10 @@ def read_fleet(broker: BrokerAddress, prefix: str) -> Fleet:
     listener.start()
     try:
         started = time.monotonic()
-        last_message[0] = started
+        last_new_device[0] = started
         while time.monotonic() - started < MAX_WAIT_S:
             with lock:
-                if time.monotonic() - last_message[0] >= QUIET_S:
+                if time.monotonic() - last_new_device[0] >= QUIET_S:
                     break
             time.sleep(0.05)
     finally:

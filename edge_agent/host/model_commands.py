@@ -104,7 +104,7 @@ def _push_command(args: argparse.Namespace) -> int:
               f"{-(-len(content) // chunk_size)} chunk(s) of {args.chunk_kb} KiB) to {len(devices)} device(s) via "
               f"{broker.label}", file=sys.stderr)
         options = PushOptions(broker, args.prefix, args.pipeline, chunk_size, timeout_s=args.timeout, watch_s=args.watch)
-        results = Pusher(content, devices, options, ProgressBoard(devices)).run() if devices else []
+        results = Pusher(content, devices, options, ProgressBoard(devices), args.bundle.name).run() if devices else []
     except ConnectionError as err:
         return _fail(str(err), EXIT_FAILED)
     results += [PushResult(d, NO_ANSWER, "offline (its retained status says so)") for d in offline]

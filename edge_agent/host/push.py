@@ -4,7 +4,9 @@ No TensorFlow and no runtime: the bundle's bytes, paho through edge_agent.sinks.
 conversation in edge_agent.models.update_protocol. One MQTT client serves every target; each
 target moves through begin → (accepted) chunks → end → (missing → resend → end)* → received →
 verified → activated, or stops at `rejected`. At most `window` chunks per device wait for the
-broker's acknowledgement, which paces the sender and drives the progress bars.
+broker's acknowledgement, which paces the sender and drives the progress bars. A board the pusher
+gives up on mid-transfer (timeout, Ctrl-C, a broker refusing the chunks) is sent `abort`, so it
+is free for the next push at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ TICK_S = 0.01
 END_RESEND_S = 5.0  # an `end` without an answer is sent again after this long
 MAX_INFLIGHT_TOTAL = 1000
 SUBSCRIBE_TIMEOUT_S = 10.0
+REASON_WIDTH = 72  # longer results are cut in the table and printed in full below it
+MAX_FRUITLESS_DISCONNECTS = 3  # the broker closed the connection this often with no chunk getting through
+ABORT_DELIVERY_S = 3.0
 
 ACTIVATED, REJECTED, ROLLED_BACK, NO_ANSWER = "activated", "rejected", "rolled back", "no answer"
 
@@ -85,29 +89,38 @@ class _Target:
     started_mono: float = 0.0
     state_mono: float = 0.0  # when the current state began (answer and end-resend timers)
     watch_until: float = 0.0
+    aborting: bool = False  # we gave up while the board held the transfer: send it `abort`
     result: PushResult | None = None
 
     def enter(self, state: str) -> None:
         self.state, self.state_mono = state, time.monotonic()
 
-    def finish(self, result: str, reason: str = "", previous: dict | None = None, new: dict | None = None) -> None:
+    def finish(self, result: str, reason: str = "", previous: dict | None = None, new: dict | None = None,
+               give_up: bool = False) -> None:
+        """The final result; `give_up` when it is the pusher's decision, not the board's answer."""
         self.result = PushResult(self.device, result, reason, previous, new, time.monotonic() - self.started_mono)
+        self.aborting = give_up and self.state in ("sending", "ending")
         self.state = "done"
 
 
 class Pusher:
     """Push one bundle to several devices at once; `run()` returns a result per device."""
 
-    def __init__(self, bundle: bytes, devices: list[str], options: PushOptions, progress: ProgressBoard | None = None):
+    def __init__(self, bundle: bytes, devices: list[str], options: PushOptions, progress: ProgressBoard | None = None,
+                 name: str = ""):
+        """`name` is the bundle's file name: the boards' messages call the bundle so."""
         self.bundle = bundle
         self.options = options
         self.transfer_id = new_id("push")
         self.begin = PushBegin(self.transfer_id, options.pipeline, len(bundle), hashlib.sha256(bundle).hexdigest(),
-                               options.chunk_size, chunk_count(len(bundle), options.chunk_size))
+                               options.chunk_size, chunk_count(len(bundle), options.chunk_size), name)
         self.targets = {device: _Target(device, self.begin.chunks) for device in devices}
         self.progress = progress
         self._events: queue.Queue[tuple[str, dict]] = queue.Queue()
         self._listener: MqttListener | None = None
+        self._disconnects_seen = 0
+        self._fruitless_disconnects = 0
+        self._acked_at_disconnect = 0
 
     def run(self) -> list[PushResult]:
         options = self.options
@@ -124,6 +137,7 @@ class Pusher:
                 self._publish(target.device, "begin", self.begin.to_json())
             while any(t.state != "done" for t in self.targets.values()):
                 self._take_events()
+                self._check_broker()
                 for target in self.targets.values():
                     self._advance(target)
                     self._show(target)
@@ -132,9 +146,40 @@ class Pusher:
                 time.sleep(TICK_S)
             if self.progress is not None:
                 self.progress.draw(final=True)
+        except KeyboardInterrupt:
+            for target in self.targets.values():
+                if target.state != "done":
+                    target.finish(NO_ANSWER, "interrupted", give_up=True)
+            raise
         finally:
             self._listener.stop()
+            self._abort_given_up()
         return [self.targets[device].result for device in self.targets]
+
+    def _abort_given_up(self) -> None:
+        """Tell the boards whose transfer we gave up on to drop it now, not after their timeout. A fresh
+        client: the old one may still hold chunks the broker refuses, and would send those first."""
+        given_up = [t for t in self.targets.values() if t.aborting]
+        if not given_up:
+            return
+        options = self.options
+        listener = MqttListener(options.broker.host, options.broker.port,
+                                [f"{models_base(options.prefix, t.device)}/events" for t in given_up],
+                                lambda topic, payload: None, client_id=f"edge-{self.transfer_id}-abort",
+                                username=options.broker.username, password=options.broker.password)
+        try:
+            listener.start(SUBSCRIBE_TIMEOUT_S)
+            deliveries = [listener.publish(push_topic(options.prefix, t.device, self.transfer_id, "abort"),
+                                           json.dumps({"transfer_id": self.transfer_id, "reason": t.result.reason}))
+                          for t in given_up]
+            deadline = time.monotonic() + ABORT_DELIVERY_S
+            while not all(d.done() for d in deliveries) and time.monotonic() < deadline:
+                time.sleep(TICK_S)
+        except ConnectionError as err:
+            logger.warning("could not tell %d board(s) to drop the transfer (%s); they drop it after their "
+                           "models.transfer_timeout_s", len(given_up), err)
+        finally:
+            listener.stop()
 
     # --- sending -------------------------------------------------------------------
     def _publish(self, device: str, part: str, payload: str | bytes) -> Delivery:
@@ -154,7 +199,8 @@ class Pusher:
                                      "(is the agent running, connected, with an MQTT sink?)")
             return
         if now - target.started_mono > options.timeout_s:
-            target.finish(NO_ANSWER, f"no final answer within {options.timeout_s:g} s (last state: {target.state})")
+            target.finish(NO_ANSWER, f"no final answer within {options.timeout_s:g} s (last state: {target.state})",
+                          give_up=True)
             return
         if target.state == "sending":
             self._send_chunks(target)
@@ -181,6 +227,25 @@ class Pusher:
         if not target.inflight and not target.resend and target.next_chunk >= target.total:
             target.enter("ending")
             self._publish(target.device, "end", json.dumps({"transfer_id": self.transfer_id}))
+
+    def _check_broker(self) -> None:
+        """A broker that keeps closing the connection while no chunk gets through most likely refuses
+        messages as large as our chunks: say so rather than retry until the timeout."""
+        disconnects = self._listener.disconnects
+        if disconnects == self._disconnects_seen:
+            return
+        self._disconnects_seen = disconnects
+        acked = sum(len(t.acked) for t in self.targets.values())
+        self._fruitless_disconnects = self._fruitless_disconnects + 1 if acked == self._acked_at_disconnect else 1
+        self._acked_at_disconnect = acked
+        if self._fruitless_disconnects < MAX_FRUITLESS_DISCONNECTS:
+            return
+        reason = (f"the broker closed the connection {self._fruitless_disconnects} times while chunks of "
+                  f"{self.begin.chunk_size // 1024} KiB were being sent and none got through: its message size limit "
+                  "(mosquitto: max_packet_size / message_size_limit) is probably lower; push again with a smaller --chunk-kb")
+        for target in self.targets.values():
+            if target.state == "sending":
+                target.finish(REJECTED, reason, give_up=True)
 
     # --- answers -------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -237,19 +302,23 @@ class Pusher:
 
 
 def format_results(results: list[PushResult], success: str = ACTIVATED) -> str:
-    """The final table: device, result (with the reason), previous and new model, seconds."""
+    """The final table: device, result (with the reason), previous and new model, seconds; reasons too
+    long for the table follow it in full."""
     rows = [("device", "result", "previous", "new", "seconds")]
+    notes = []
     for r in results:
-        if r.result == success:
-            result = f"{r.result} ({r.reason})" if r.reason else r.result
-        else:
-            result = f"{r.result}: {r.reason}" if r.reason else r.result
+        result = r.result
+        if r.reason:
+            result = f"{r.result} ({r.reason})" if r.result == success else f"{r.result}: {r.reason}"
+        if len(result) > REASON_WIDTH:
+            result = result[:REASON_WIDTH - 1] + "…"
+            notes.append(f"{r.device}: {r.reason}")
         rows.append((r.device, result, describe_model(r.previous), describe_model(r.new), f"{r.seconds:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.rjust(widths[i]) if i == 4 else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
     lines.append(f"{sum(r.result == success for r in results)} of {len(results)} device(s) {success}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def describe_model(model: dict | None) -> str:

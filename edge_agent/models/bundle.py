@@ -92,8 +92,9 @@ def is_bundle_file(path: str | Path) -> bool:
         return False
 
 
-def read_bundle(path: str | Path) -> Bundle:
-    """Read and check a bundle file; raise BundleError (or BundleVersionError) naming the problem."""
+def read_bundle(path: str | Path, source: str = "") -> Bundle:
+    """Read and check a bundle file; raise BundleError (or BundleVersionError) naming the problem
+    (as `source` when given, e.g. the name the pusher knows a received file by)."""
     path = Path(path)
     try:
         content = path.read_bytes()
@@ -103,7 +104,7 @@ def read_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle path {path} is a directory: name the .eab file") from None
     except OSError as err:
         raise BundleError(f"bundle {path} cannot be read ({err.strerror}): check its permissions") from None
-    return parse_bundle(content, str(path))
+    return parse_bundle(content, source or str(path))
 
 
 def parse_bundle(content: bytes, source: str) -> Bundle:

@@ -143,6 +143,8 @@ class ModelStore:
         return history[0], history[1]
 
     def _write(self, base_model: str, history: list[StoredModel]) -> None:
+        if not self.path(history[0]).is_file():
+            raise StoreError(f"{self.path(history[0])} is missing: add the model file to the store before recording it")
         kept = history[: self.keep]
         data = {"format": STORE_FORMAT, "base_model": base_model, "history": [asdict(m) for m in kept]}
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ class ModelStore:
             if path.suffix in (".eab", ".tflite"):
                 try:
                     path.unlink()
-                    logger.info("model store %s: removed %s (older than the %d kept)", self.folder, path.name, self.keep)
+                    logger.info("model store %s: removed %s (no longer among the %d kept)", self.folder, path.name, self.keep)
                 except OSError as err:
                     logger.warning("model store %s: cannot remove %s: %s", self.folder, path.name, err.strerror)
 

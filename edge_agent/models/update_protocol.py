@@ -2,7 +2,8 @@
 
 Topics, all under `{prefix}/{device}/models/`, QoS 1, never retained:
 
-  push/{transfer_id}/begin       host → board  JSON {transfer_id, pipeline, size, sha256, chunk_size, chunks}
+  push/{transfer_id}/begin       host → board  JSON {transfer_id, pipeline, size, sha256, chunk_size, chunks,
+                                               name (optional: the bundle's file name, for messages)}
   push/{transfer_id}/chunk/{n}   host → board  raw bytes [n * chunk_size, (n + 1) * chunk_size) of the bundle
   push/{transfer_id}/end         host → board  JSON {transfer_id}
   rollback                       host → board  JSON {request_id, pipeline}
@@ -34,6 +35,7 @@ EVENTS = ("accepted", "missing", "received", "verified", "activated", "rejected"
 FINAL_EVENTS = frozenset({"activated", "rejected", "rolled_back"})
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^([^/\x00-\x1f\x7f]{1,128})?$")
 
 
 class ProtocolError(ValueError):
@@ -50,6 +52,7 @@ class PushBegin:
     sha256: str
     chunk_size: int
     chunks: int
+    name: str = ""  # the bundle's file name on the pusher's side; the board's messages call it so
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -57,7 +60,7 @@ class PushBegin:
 
 @dataclass(frozen=True)
 class ModelsTopic:
-    """A request topic taken apart: kind is begin, chunk, end or rollback."""
+    """A request topic taken apart: kind is begin, chunk, end, abort or rollback."""
 
     kind: str
     transfer_id: str = ""
@@ -108,13 +111,13 @@ def parse_models_topic(topic: str, base: str) -> ModelsTopic:
     if rest == ["rollback"]:
         return ModelsTopic("rollback")
     if len(rest) >= 3 and rest[0] == "push" and is_valid_id(rest[1]):
-        if rest[2:] in (["begin"], ["end"]):
+        if rest[2:] in (["begin"], ["end"], ["abort"]):
             return ModelsTopic(rest[2], rest[1])
         if len(rest) == 4 and rest[2] == "chunk":
             if not rest[3].isdigit():
                 raise ProtocolError(f"chunk index {rest[3]!r} in {topic} is not a whole number")
             return ModelsTopic("chunk", rest[1], int(rest[3]))
-    raise ProtocolError(f"{topic} is not a model request topic (push/ID/begin|chunk/N|end, rollback)")
+    raise ProtocolError(f"{topic} is not a model request topic (push/ID/begin|chunk/N|end|abort, rollback)")
 
 
 def parse_begin(payload: bytes, transfer_id: str) -> PushBegin:
@@ -142,4 +145,7 @@ def parse_begin(payload: bytes, transfer_id: str) -> PushBegin:
     if chunks != chunk_count(size, chunk_size):
         raise ProtocolError(f"begin: {size} bytes in chunks of {chunk_size} make {chunk_count(size, chunk_size)} chunks, "
                             f"not {chunks}")
-    return PushBegin(transfer_id, pipeline, size, sha256, chunk_size, chunks)
+    name = data.get("name", "")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ProtocolError("begin: name must be a file name of 1-128 printable characters without '/'")
+    return PushBegin(transfer_id, pipeline, size, sha256, chunk_size, chunks, name)

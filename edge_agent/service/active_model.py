@@ -131,10 +131,11 @@ def build_active_model(
     version: str = "",
     trusted_keys: tuple[str, ...] = (),
     allow_unsigned_models: bool = True,
+    label: str = "",
 ) -> ActiveModel:
     """Load the pipeline's model (a .tflite, or a bundle verified per model_source's trust rule) and
-    check that it fits the pipeline; raise a specific error if not."""
-    opened = open_model(model_path or config.model, trusted_keys, allow_unsigned_models)
+    check that it fits the pipeline; raise a specific error if not (naming the file as `label` if given)."""
+    opened = open_model(model_path or config.model, trusted_keys, allow_unsigned_models, label)
     manifest = opened.manifest
     if manifest is not None:
         config = apply_manifest(config, manifest)

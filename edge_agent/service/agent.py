@@ -118,9 +118,8 @@ class Agent:
 
     def _start_model_updates(self) -> None:
         from edge_agent.service.model_updates import ModelUpdates
-        from edge_agent.service.probation import stall_limit_s
 
-        self.updates = ModelUpdates(self, self.mqtt, stall_limit_s(self.notifier.watchdog_timeout_s))
+        self.updates = ModelUpdates(self, self.mqtt, self.notifier.watchdog_timeout_s)
         self.updates.start()
 
     def _make_pipelines(self) -> None:
@@ -171,21 +170,21 @@ class Agent:
 
     def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None:
         """Serve `active` in pipeline `name`: swapped between two frames, or, when the pipeline has
-        failed, has not started, or `restart` is asked (a hung invoke), in a new pipeline."""
+        failed, has not started, or `restart` is asked (its invoke hung), in a new pipeline."""
         with self._pipelines_lock:
             pipeline = self.pipelines.get(name)
-            if pipeline is not None and not restart and not pipeline.finished.is_set():
-                pipeline.swap_model(active)
+            if pipeline is not None and not restart and pipeline.status != "failed":
+                pipeline.swap_model(active)  # a pipeline whose source has ended keeps it for nothing: no replay
                 return
             config = next(p for p in self.config.pipelines if p.name == name)
-            new = self._make_pipeline(config, last_seq=pipeline.last_seq if pipeline is not None else None, active=active)
             if pipeline is not None:
-                pipeline.stop()
+                pipeline.abandon()  # before reading last_seq: a late result must not reuse a number
                 pipeline.join(min(self.config.shutdown_timeout_s, RESTART_JOIN_S))  # a hung invoke is left behind
+            new = self._make_pipeline(config, last_seq=pipeline.last_seq if pipeline is not None else None, active=active)
             self.failed.pop(name, None)
             self.pipelines[name] = new
             new.start()
-            logger.info("pipeline %s restarted with model %s", name, active.ref.name)
+            logger.info("pipeline %s restarted with model %s %s", name, active.ref.name, active.ref.version)
 
     def _wait(self) -> None:
         next_state = time.monotonic()

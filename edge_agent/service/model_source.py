@@ -42,8 +42,10 @@ class OpenedModel:
     provenance: str  # for the log: who vouches for these bytes
 
 
-def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_models: bool = True) -> OpenedModel:
-    """Read `path` as a bundle or a .tflite, applying the trust rule in the module docstring."""
+def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_models: bool = True,
+               label: str = "") -> OpenedModel:
+    """Read `path` as a bundle or a .tflite, applying the trust rule in the module docstring; errors name
+    the file as `label` when given (a pushed bundle by the name the pusher knows it by)."""
     from edge_agent.models.bundle import BundleTrustError, check_trust, is_bundle_file, read_bundle
 
     if not is_bundle_file(path):
@@ -54,7 +56,7 @@ def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_mod
                 "or set allow_unsigned_models = true"
             )
         return OpenedModel(read_model_file(path), None, "unsigned .tflite")
-    bundle = read_bundle(path)
+    bundle = read_bundle(path, label)
     keys = load_trusted_keys(trusted_keys)
     try:
         key = check_trust(bundle, keys)
@@ -67,7 +69,7 @@ def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_mod
             raise BundleTrustError(f"{err} (allow_unsigned_models is false)") from None
         logger.warning("%s -- loading it anyway because allow_unsigned_models is true", err)
         provenance = "bundle not verified (allow_unsigned_models = true)"
-    return OpenedModel(model_file_from_bytes(path, bundle.model), bundle.manifest, provenance)
+    return OpenedModel(model_file_from_bytes(label or path, bundle.model), bundle.manifest, provenance)
 
 
 def load_trusted_keys(paths: tuple[str, ...]) -> list[PublicKey]:

@@ -1,18 +1,11 @@
-"""The board's side of `edge-agent push` and `edge-agent models rollback`.
+"""The board's side of `edge-agent push` and `edge-agent models rollback`: the MQTT conversation.
 
 Requests arrive on `{prefix}/{device}/models/...` (edge_agent.models.update_protocol) through the
 agent's one MQTT client; paho's thread only puts them on a queue. One worker thread takes them
-in order, reassembles transfers, answers every request with an event, expires idle transfers
-and watches probation. A complete transfer is installed on a job thread, one at a time, so a
-second push that arrives meanwhile is refused at once ("busy with transfer X"):
-
-  verify    integrity and signature (model_source's trust rule; an unsigned bundle only with an
-            explicit allow_unsigned_models = true)
-  self-test in a child process (service.selftest): a model that crashes the runtime kills only it
-  fit       the task must be the one the pipeline already publishes
-  build     the new ActiveModel beside the running one (load, allocate, warm up)
-  record    the store's active.json (atomic rename), then the swap between two frames
-  watch     probation: a failure within probation_s rolls the model back (service.probation)
+in order, reassembles transfers (models.transfer), answers every request with an event, expires
+idle transfers and judges probation. A complete transfer is installed (service.model_install) on
+a job thread, one at a time, so a second push that arrives meanwhile is refused at once
+("busy with transfer X").
 """
 
 from __future__ import annotations
@@ -24,10 +17,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
-from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.models.store import ModelStore, StoredModel, StoreError, pipeline_store, utc_now
 from edge_agent.models.transfer import Transfer, TransferError, remove_leftovers
 from edge_agent.models.update_protocol import (
     ProtocolError,
@@ -38,10 +29,8 @@ from edge_agent.models.update_protocol import (
     parse_json_object,
     parse_models_topic,
 )
-from edge_agent.records import ModelRef
-from edge_agent.service.active_model import ActiveModel, build_active_model
-from edge_agent.service.probation import Probation, probation_failure
-from edge_agent.service.selftest import SelfTestError, selftest_in_child
+from edge_agent.service.model_install import ModelInstaller, PipelineHost, failure_reason
+from edge_agent.service.probation import probation_failure, stall_limit_s
 
 logger = logging.getLogger(__name__)
 
@@ -51,35 +40,25 @@ REMEMBERED_IDS = 256  # finished or refused transfers whose late chunks and rese
 MAX_MISSING_LISTED = 1000
 
 
-class PipelineHost(Protocol):
-    """What the updater needs from the agent."""
-
-    config: AgentConfig
-    pipelines: dict
-
-    def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None: ...
-
-
 class ModelUpdates:
     """Receives pushes and rollback requests for every pipeline of one agent."""
 
-    def __init__(self, host: PipelineHost, publisher, stall_limit_s: float):
+    def __init__(self, host: PipelineHost, publisher, watchdog_timeout_s: float):
         config = host.config
         self.host = host
         self.publisher = publisher  # MqttPublisher: publish() and subscribe()
         self.settings = config.models
-        self.stall_limit_s = stall_limit_s
+        self.watchdog_timeout_s = watchdog_timeout_s  # 0: systemd's watchdog is off
         self.base = models_base(config.mqtt.topic_prefix, config.device_id)
         self.events_topic = f"{self.base}/events"
         self.incoming = Path(config.state_dir) / "incoming"
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
-        self._changes = threading.Lock()  # one model change (install or rollback) at a time
+        self.installer = ModelInstaller(host, self._stop)
         self._transfer: Transfer | None = None
         self._transfer_pipeline = ""
         self._job: threading.Thread | None = None
         self._job_label = ""
-        self._probation: dict[str, Probation] = {}
         self._done_ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
         self._worker = threading.Thread(target=self._run, name="model-updates", daemon=True)
 
@@ -106,7 +85,7 @@ class ModelUpdates:
             self._transfer = None
 
     def in_probation(self, pipeline: str) -> bool:
-        return pipeline in self._probation
+        return pipeline in self.installer.probation
 
     def _receive(self, topic: str, payload: bytes) -> None:
         """On paho's network thread: hand over, nothing else."""
@@ -142,6 +121,8 @@ class ModelUpdates:
             self._begin(request.transfer_id, payload)
         elif request.kind == "end":
             self._end(request.transfer_id, payload)
+        elif request.kind == "abort":
+            self._abort(request.transfer_id, payload)
         else:
             self._rollback_request(payload)
 
@@ -185,8 +166,8 @@ class ModelUpdates:
 
     def _already_active(self, begin: PushBegin, pipeline: str) -> bool:
         """A push of the bundle that is already active succeeds without a transfer."""
-        active = self._store(pipeline).active_for(self._pipeline_config(pipeline).model)
-        if active is None or not active.file.startswith(begin.sha256):
+        active = self.installer.already_active(pipeline, begin.sha256)
+        if active is None:
             return False
         self._done_ids.append(begin.transfer_id)
         self._event("activated", transfer_id=begin.transfer_id, pipeline=pipeline, reason="already active",
@@ -228,10 +209,21 @@ class ModelUpdates:
             self._fail_transfer(str(err))
             return
         pipeline = self._transfer_pipeline
+        label = transfer.begin.name or f"the bundle of transfer {transfer_id}"
         self._transfer = None
         self._done_ids.append(transfer_id)
         self._event("received", transfer_id=transfer_id, pipeline=pipeline)
-        self._start_job(f"installing transfer {transfer_id}", lambda: self._install(transfer_id, pipeline, path))
+        self._start_job(f"installing transfer {transfer_id}", lambda: self._install(transfer_id, pipeline, path, label))
+
+    def _abort(self, transfer_id: str, payload: bytes) -> None:
+        """The pusher gave up (timeout, Ctrl-C, a broker refusing its chunks): free the board at once."""
+        if self._transfer is None or self._transfer.transfer_id != transfer_id:
+            return
+        try:
+            reason = str(parse_json_object(payload, "abort").get("reason") or "no reason given")
+        except ProtocolError as err:
+            reason = str(err)
+        self._fail_transfer(f"aborted by the pusher: {reason}")
 
     def _rollback_request(self, payload: bytes) -> None:
         try:
@@ -270,7 +262,8 @@ class ModelUpdates:
     # --- transfers -----------------------------------------------------------------
     def _refuse(self, transfer_id: str, pipeline: str, reason: str) -> None:
         self._done_ids.append(transfer_id)
-        self._event("rejected", transfer_id=transfer_id, pipeline=pipeline, reason=reason)
+        self._event("rejected", transfer_id=transfer_id, pipeline=pipeline, reason=reason,
+                    previous=self.installer.running_ref(pipeline))
 
     def _fail_transfer(self, reason: str) -> None:
         transfer, self._transfer = self._transfer, None
@@ -290,121 +283,46 @@ class ModelUpdates:
         self._job = threading.Thread(target=work, name="model-install", daemon=True)
         self._job.start()
 
-    # --- install -------------------------------------------------------------------
-    def _install(self, transfer_id: str, pipeline: str, path: Path) -> None:
-        """Verify, self-test, build, record, swap; every failure is a `rejected` event."""
-        config = self._pipeline_config(pipeline)
-        settings = self.host.config
+    # --- model changes -------------------------------------------------------------
+    def _install(self, transfer_id: str, pipeline: str, path: Path, label: str) -> None:
+        """On the job thread: install and report; every failure is a `rejected` event."""
+        def verified(new: dict, note: str) -> None:
+            self._event("verified", transfer_id=transfer_id, pipeline=pipeline, new=new, reason=note)
+
         try:
-            self._verify(path)
-            report = selftest_in_child(config, str(path), settings.trusted_keys, settings.allow_unsigned_pushes,
-                                       self.settings.selftest_timeout_s, self._stop)
-            self._check_fit(pipeline, report)
-            new = {"name": report["name"], "version": report["version"], "sha256": report["sha256"]}
-            self._event("verified", transfer_id=transfer_id, pipeline=pipeline, new=new,
-                        reason=f"self-test passed in {report['seconds']:.1f} s")
-            with self._changes:
-                active = build_active_model(config, model_path=str(path), trusted_keys=settings.trusted_keys,
-                                            allow_unsigned_models=settings.allow_unsigned_pushes)
-                previous = self._running_ref(pipeline)
-                entry = self._record(pipeline, config, path, active.ref, transfer_id)
-                self.host.install_model(pipeline, active)
-                if self.settings.probation_s > 0:
-                    self._probation[pipeline] = Probation(pipeline, transfer_id, entry,
-                                                          time.monotonic() + self.settings.probation_s)
-            self._event("activated", transfer_id=transfer_id, pipeline=pipeline, previous=previous, new=entry.describe())
-        except Exception as err:  # the edge of the job: every failure is reported, the old model keeps serving
-            if not isinstance(err, (SelfTestError, StoreError, OSError, ValueError, RuntimeError)):
-                logger.exception("installing transfer %s failed", transfer_id)
-            self._event("rejected", transfer_id=transfer_id, pipeline=pipeline, reason=str(err) or type(err).__name__)
+            previous, entry = self.installer.install(pipeline, path, label, transfer_id, verified)
+        except Exception as err:  # the edge of the job: report it, the old model keeps serving
+            self._event("rejected", transfer_id=transfer_id, pipeline=pipeline,
+                        reason=failure_reason(err, self.host.config.state_dir),
+                        previous=self.installer.running_ref(pipeline))
+            return
         finally:
             path.unlink(missing_ok=True)  # gone already when it moved into the store
+        self._event("activated", transfer_id=transfer_id, pipeline=pipeline, previous=previous, new=entry.describe())
 
-    def _verify(self, path: Path) -> None:
-        """Integrity and trust; raises with the reason (checked again by the self-test child)."""
-        from edge_agent.models.bundle import BundleError, is_bundle_file
-        from edge_agent.service.model_source import open_model
-
-        if not is_bundle_file(path):
-            raise BundleError("the pushed file is not a model bundle: make one with "
-                              "`edge-agent bundle create MODEL.tflite --key NAME.key -o MODEL.eab`")
-        config = self.host.config
-        open_model(str(path), config.trusted_keys, config.allow_unsigned_pushes)
-
-    def _check_fit(self, pipeline: str, report: dict) -> None:
-        running = self.host.pipelines.get(pipeline)
-        if running is not None and report["task"] != running.active.task:
-            old = running.active.task
-            raise SelfTestError(f"the model's task is {report['task']}, but pipeline {pipeline} publishes {old} "
-                                f"predictions: push a {old} model, or change the pipeline's task in the config first")
-
-    def _record(self, pipeline: str, config: PipelineConfig, path: Path, ref: ModelRef, transfer_id: str) -> StoredModel:
-        """Move the bundle into the store and make it active (keeping the config's model as rollback target)."""
-        store = self._store(pipeline)
-        if store.active_for(config.model) is None:
-            base = self._describe_config_model(pipeline, config)
-            store.begin_history(config.model, StoredModel(store.add_bytes(Path(config.model).read_bytes()),
-                                                          base.sha256, base.name, base.version, utc_now(), "config"))
-        entry = StoredModel(store.add_file(path), ref.sha256, ref.name, ref.version, utc_now(), transfer_id)
-        store.activate(entry, config.model)
-        return entry
-
-    def _describe_config_model(self, pipeline: str, config: PipelineConfig) -> ModelRef:
-        running = self.host.pipelines.get(pipeline)
-        if running is not None:
-            return running.active.ref
-        from edge_agent.models.bundle import is_bundle_file, read_bundle
-        from edge_agent.runtime.tflite_file import read_model_file
-
-        if is_bundle_file(config.model):
-            manifest = read_bundle(config.model).manifest
-            return ModelRef(manifest.name, manifest.model_sha256, manifest.version)
-        model_file = read_model_file(config.model)
-        return ModelRef(model_file.name, model_file.sha256, "")
-
-    # --- rollback and probation ----------------------------------------------------
     def _guarded_rollback(self, pipeline: str, request_id: str = "", transfer_id: str = "", reason: str = "",
                           expect_file: str = "", restart: bool = False) -> bool:
         """Roll back and report it; a failure is reported as `rejected`. True when rolled back."""
         try:
-            given_up, restored = self._rollback(pipeline, expect_file, restart)
+            given_up, restored = self.installer.rollback(pipeline, expect_file, restart)
         except Exception as err:  # the edge of a request: report it, keep serving
-            if not isinstance(err, (StoreError, OSError, ValueError, RuntimeError)):
-                logger.exception("rollback of pipeline %s failed", pipeline)
             self._event("rejected", transfer_id=transfer_id, request_id=request_id, pipeline=pipeline,
-                        reason=f"rollback failed: {err}")
+                        reason=f"rollback failed: {failure_reason(err, self.host.config.state_dir)}")
             return False
         self._event("rolled_back", transfer_id=transfer_id, request_id=request_id, pipeline=pipeline, reason=reason,
                     previous=given_up.describe(), new=restored.describe())
         return True
 
-    def _rollback(self, pipeline: str, expect_file: str, restart: bool) -> tuple[StoredModel, StoredModel]:
-        config = self._pipeline_config(pipeline)
-        store = self._store(pipeline)
-        with self._changes:
-            active = store.active_for(config.model)
-            history = store.history()
-            if active is None or len(history) < 2:
-                raise StoreError(f"nothing to roll back to: pipeline {pipeline} runs the model its config names and "
-                                 "no earlier model is in its store")
-            if expect_file and active.file != expect_file:
-                raise StoreError(f"the active model changed meanwhile (now {active.name} {active.version})")
-            restored_model = build_active_model(config, model_path=str(store.path(history[1])),
-                                                trusted_keys=self.host.config.trusted_keys,
-                                                allow_unsigned_models=self.host.config.allow_unsigned_models)
-            given_up, restored = store.rollback()
-            self.host.install_model(pipeline, restored_model, restart=restart)
-            self._probation.pop(pipeline, None)
-        return given_up, restored
-
     def _watch_probation(self) -> None:
         now = time.monotonic()
-        for name, probation in list(self._probation.items()):
+        probation_by_pipeline = self.installer.probation
+        for name, probation in list(probation_by_pipeline.items()):
             pipeline = self.host.pipelines.get(name)
             if pipeline is None or pipeline.status == "stopped":
-                self._probation.pop(name, None)  # removed by a reload, or its source ended: nothing to judge
+                probation_by_pipeline.pop(name, None)  # removed by a reload, or its source ended: nothing to judge
                 continue
-            reason = probation_failure(pipeline.status, pipeline.error, now - pipeline.heartbeat_mono, self.stall_limit_s)
+            limit_s = stall_limit_s(self.watchdog_timeout_s, pipeline.config.max_fps)
+            reason = probation_failure(pipeline.status, pipeline.error, now - pipeline.heartbeat_mono, limit_s)
             if reason:
                 logger.error("pipeline %s: model %s %s failed its probation: %s; rolling back", name,
                              probation.model.name, probation.model.version, reason)
@@ -412,26 +330,13 @@ class ModelUpdates:
                 # pipeline for a finished one and exit meanwhile
                 self._guarded_rollback(name, transfer_id=probation.transfer_id, reason=reason,
                                        expect_file=probation.model.file, restart=True)
-                self._probation.pop(name, None)
+                probation_by_pipeline.pop(name, None)
             elif probation.over(now):
-                self._probation.pop(name, None)
+                probation_by_pipeline.pop(name, None)
                 logger.info("pipeline %s: model %s %s passed its probation (%g s)", name, probation.model.name,
                             probation.model.version, self.settings.probation_s)
 
     # --- helpers -------------------------------------------------------------------
-    def _store(self, pipeline: str) -> ModelStore:
-        return pipeline_store(self.host.config.state_dir, pipeline, self.settings.keep)
-
-    def _pipeline_config(self, name: str) -> PipelineConfig:
-        return next(p for p in self.host.config.pipelines if p.name == name)
-
-    def _running_ref(self, pipeline: str) -> dict | None:
-        running = self.host.pipelines.get(pipeline)
-        if running is None:
-            return None
-        ref = running.active.ref
-        return {"name": ref.name, "version": ref.version, "sha256": ref.sha256}
-
     def _event(self, event: str, *, transfer_id: str = "", request_id: str = "", pipeline: str = "", reason: str = "",
                previous: dict | None = None, new: dict | None = None, missing: list[int] | None = None) -> None:
         """Publish one event (QoS 1) and log it once."""

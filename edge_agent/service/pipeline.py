@@ -78,6 +78,7 @@ class Pipeline:
         self._slot: FrameSlot[PreparedFrame] = FrameSlot(newest_wins=self.live or config.source.realtime)
         self._results: queue.Queue[Inferred | None] = queue.Queue(maxsize=RESULT_QUEUE_SIZE)
         self._stop = threading.Event()
+        self._abandoned = False  # replaced while an invoke hung: whatever it still produces is dropped
         self._finished = threading.Event()
         self._seq = last_seq
         self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
@@ -118,6 +119,12 @@ class Pipeline:
 
     def stop(self) -> None:
         """Ask every stage to end; frames already captured are still published."""
+        self._stop.set()
+
+    def abandon(self) -> None:
+        """Stop and publish nothing more: the pipeline was replaced while its invoke hung, and a late
+        result would repeat a `seq` its successor already used."""
+        self._abandoned = True
         self._stop.set()
 
     def join(self, timeout_s: float) -> bool:
@@ -174,7 +181,7 @@ class Pipeline:
                             logger.error("pipeline %s: %s", self.name, err)
                             self._fail(str(err))
                             return
-                        self._stop.wait(health.failed(str(err)))
+                        self._pause(health.failed(str(err)))
                         continue
                     opened = True
                     health.opened()
@@ -183,7 +190,7 @@ class Pipeline:
                 except SourceError as err:
                     source.close()
                     opened = False
-                    self._stop.wait(health.failed(str(err)))
+                    self._pause(health.failed(str(err)))
                     continue
                 if image is None:
                     health.ended()
@@ -197,7 +204,7 @@ class Pipeline:
                     if captured_mono < next_due:
                         if self.live:
                             continue  # a camera keeps its own pace: skip this frame
-                        self._stop.wait(next_due - captured_mono)
+                        self._pause(next_due - captured_mono)
                         captured_mono, captured_at = time.monotonic(), time.time()
                     # keep the average rate, but after a stall start the spacing again from now
                     late_s = captured_mono - next_due
@@ -240,6 +247,17 @@ class Pipeline:
         finally:
             self._results.put(None)
 
+    def _pause(self, seconds: float) -> None:
+        """Wait (stoppable); in inline mode keep beating, since this thread is also the one that invokes."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            if self.inline:
+                self.heartbeat_mono = time.monotonic()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, POLL_S))
+
     def _infer(self, frame: PreparedFrame) -> Inferred:
         started = time.perf_counter()
         outputs = frame.active.model.run(frame.buffer)
@@ -259,6 +277,8 @@ class Pipeline:
 
     def _publish(self, item: Inferred) -> None:
         """Decode, build the payload once, hand it to every sink."""
+        if self._abandoned:
+            return
         frame = item.frame
         active = frame.active
         decoded = active.decode(item.outputs, frame.geometry)

@@ -2,8 +2,9 @@
 
 A model fails its probation when, before `probation_s` has passed since it was activated, its
 pipeline fails (an invoke or decode raised: status "failed") or the loop that invokes it stops
-beating for longer than the stall limit (a hung invoke). The limit is half of systemd's
-WatchdogSec= when the watchdog is on, so the rollback comes before systemd restarts the agent.
+beating for longer than the stall limit (a hung or far too slow invoke). The limit is half of
+systemd's WatchdogSec= when the watchdog is on, so the rollback comes before systemd restarts the
+agent; the pipeline is then replaced, because a thread stuck in invoke() cannot be swapped under.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from edge_agent.models.store import StoredModel
 
 DEFAULT_STALL_LIMIT_S = 10.0
+PACED_BEATS = 3
 
 
 @dataclass
@@ -28,9 +30,12 @@ class Probation:
         return now_mono >= self.until_mono
 
 
-def stall_limit_s(watchdog_timeout_s: float) -> float:
-    """How long the invoking loop may go without a beat during probation."""
-    return watchdog_timeout_s / 2 if watchdog_timeout_s > 0 else DEFAULT_STALL_LIMIT_S
+def stall_limit_s(watchdog_timeout_s: float, max_fps: float = 0.0) -> float:
+    """How long the invoking loop may go without a beat during probation: half the watchdog (or the
+    default), but never less than a few frame intervals of a slowly paced pipeline (a paced loop
+    beats once per frame)."""
+    limit = watchdog_timeout_s / 2 if watchdog_timeout_s > 0 else DEFAULT_STALL_LIMIT_S
+    return max(limit, PACED_BEATS / max_fps) if max_fps > 0 else limit
 
 
 def probation_failure(status: str, error: str, heartbeat_age_s: float, limit_s: float) -> str:

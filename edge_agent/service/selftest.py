@@ -50,10 +50,10 @@ def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig(**values)
 
 
-def selftest_in_child(config: PipelineConfig, model_path: str, trusted_keys: tuple[str, ...],
+def selftest_in_child(config: PipelineConfig, model_path: str, label: str, trusted_keys: tuple[str, ...],
                       allow_unsigned_models: bool, timeout_s: float, stop: threading.Event) -> dict[str, Any]:
     """Run the self-test in a child process; its report, or SelfTestError with the reason."""
-    request = json.dumps({"pipeline": pipeline_to_dict(config), "model": model_path,
+    request = json.dumps({"pipeline": pipeline_to_dict(config), "model": model_path, "label": label,
                           "trusted_keys": list(trusted_keys), "allow_unsigned_models": allow_unsigned_models})
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "edge_agent", "selftest"], stdin=subprocess.PIPE,
@@ -118,7 +118,7 @@ def run_selftest(request: dict[str, Any]) -> dict[str, Any]:
 
     config = pipeline_from_dict(request["pipeline"])
     active = build_active_model(config, model_path=request["model"], trusted_keys=tuple(request["trusted_keys"]),
-                                allow_unsigned_models=bool(request["allow_unsigned_models"]))
+                                allow_unsigned_models=bool(request["allow_unsigned_models"]), label=request.get("label", ""))
     frame = np.full(SYNTHETIC_FRAME_SHAPE, SYNTHETIC_FRAME_VALUE, np.uint8)
     buffer = active.acquire_buffer()
     geometry = active.preprocessor.prepare(frame, buffer)

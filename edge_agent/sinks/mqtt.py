@@ -315,6 +315,8 @@ class MqttListener:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+        self._client.on_disconnect = self._on_disconnect
+        self.disconnects = 0  # connections the broker closed (e.g. a message over its size limit)
         self._client.reconnect_delay_set(0.5, 5)
         self._client.max_inflight_messages_set(max_inflight)
         self._host, self._port = host, port
@@ -341,3 +343,6 @@ class MqttListener:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
             client.subscribe([(topic, 1) for topic in self._topics])
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.disconnects += 1
