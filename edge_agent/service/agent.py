@@ -245,7 +245,7 @@ class Agent:
 
     def _swap_model(self, config: PipelineConfig) -> None:
         pipeline = self.pipelines.get(config.name)
-        if pipeline is None:  # it had failed to start: try it whole
+        if pipeline is None or pipeline.status == "failed":  # it never started or died: start it whole
             self._replace_pipeline(config)
             return
         try:
@@ -260,7 +260,7 @@ class Agent:
     def _replace_pipeline(self, config: PipelineConfig) -> None:
         old = self.pipelines.get(config.name)
         try:
-            new = self._make_pipeline(config, last_seq=old.last_seq if old is not None else None)
+            active = self._build_model(config)  # seconds of loading and warm-up: the old one keeps serving
         except Exception as err:
             logger.error("reload: pipeline %s %s: %s", config.name, "keeps running as it was" if old else "cannot start", err)
             if old is None:
@@ -268,7 +268,10 @@ class Agent:
             return
         if old is not None:
             old.stop()
-            old.join(self.config.shutdown_timeout_s)
+            if not old.join(self.config.shutdown_timeout_s):
+                old.abandon()  # hung: it must publish nothing more under this name
+        # numbering goes on from what the old pipeline really published, once it has stopped
+        new = self._make_pipeline(config, last_seq=old.last_seq if old is not None else None, active=active)
         self.failed.pop(config.name, None)
         self.pipelines[config.name] = new
         new.start()

@@ -82,6 +82,7 @@ class Pipeline:
         self._finished = threading.Event()
         self._seq = last_seq
         self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
+        self._results_open = True
         self._failing_sinks: set[str] = set()
         # Overlapping stages pays only when invoke outlasts a thread hand-off; for tiny models
         # (sensor-rate use) one thread doing everything is faster.
@@ -161,6 +162,12 @@ class Pipeline:
         dropped = self._slot.close()
         if dropped is not None:
             dropped.active.release_buffer(dropped.buffer)
+        self._results_open = False  # the output stage may be the one that died: nobody takes results now
+        while True:
+            try:
+                self._results.get_nowait()
+            except queue.Empty:
+                return
 
     def _capture_loop(self) -> None:
         source = make_source(self.config.source)
@@ -237,7 +244,7 @@ class Pipeline:
                     if self._slot.closed or self._stop.is_set():
                         return
                     continue
-                self._results.put(self._infer(frame))
+                self._hand_to_output(self._infer(frame))
                 if max_frames and self.frames_processed >= max_frames:
                     self._stop.set()
                     leftover = self._slot.close()
@@ -245,7 +252,16 @@ class Pipeline:
                         leftover.active.release_buffer(leftover.buffer)
                     return
         finally:
-            self._results.put(None)
+            self._hand_to_output(None)
+
+    def _hand_to_output(self, item: Inferred | None) -> None:
+        """Queue for the output stage; gives up once the pipeline has failed (it may be the output that died)."""
+        while self._results_open:
+            try:
+                self._results.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
 
     def _pause(self, seconds: float) -> None:
         """Wait (stoppable); in inline mode keep beating, since this thread is also the one that invokes."""

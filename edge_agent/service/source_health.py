@@ -2,8 +2,8 @@
 
 A camera that fails is retried with backoff (0.25 s doubling to 2 s, so a camera that comes
 back is used again within ~2 s). The trouble is logged once when it starts and once when
-frames flow again; a source that flaps (fails again within STABLE_S of coming back) keeps its
-growing backoff and is not logged again until it has stayed up for STABLE_S.
+frames have flowed again for STABLE_S; a source that flaps (fails again within STABLE_S of
+coming back) keeps its growing backoff and is not logged again until it has stayed up.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ class SourceHealth:
         self.error = ""
         self._delay_s = RECONNECT_MIN_DELAY_S
         self._in_trouble = False
-        self._said_back = False
         self._opened_mono = 0.0
 
     def opened(self) -> None:
@@ -37,12 +36,12 @@ class SourceHealth:
 
     def frame_arrived(self) -> None:
         if self.state in ("live", "playing"):
+            # "back" is said once the source has stayed up STABLE_S, so a relapse can never
+            # leave "back" as the last word about a source that is down
             if self._in_trouble and time.monotonic() - self._opened_mono >= STABLE_S:
-                self._in_trouble, self._said_back, self._delay_s = False, False, RECONNECT_MIN_DELAY_S
+                logger.info("pipeline %s: %s back", self.pipeline, self.description)
+                self._in_trouble, self._delay_s = False, RECONNECT_MIN_DELAY_S
             return
-        if self._in_trouble and not self._said_back:
-            logger.info("pipeline %s: %s back", self.pipeline, self.description)
-            self._said_back = True
         self.state, self.error = ("live" if self.live else "playing"), ""
 
     def failed(self, error: str) -> float:
@@ -54,7 +53,7 @@ class SourceHealth:
             else:
                 logger.warning("pipeline %s: %s; retrying with backoff up to %g s", self.pipeline, error, RECONNECT_MAX_DELAY_S)
                 self._delay_s = RECONNECT_MIN_DELAY_S
-            self._in_trouble, self._said_back = True, False
+            self._in_trouble = True
         self.state, self.error = "lost", error
         delay_s = self._delay_s
         self._delay_s = min(self._delay_s * 2, RECONNECT_MAX_DELAY_S)

@@ -36,6 +36,7 @@ RECONNECT_MIN_DELAY_S = 1
 RECONNECT_MAX_DELAY_S = 10  # a broker that is back is used again within ~10 s
 MAX_QUEUED_MESSAGES = 10_000  # paho holds these in RAM while the broker is away
 MAX_INFLIGHT_MESSAGES = 100
+OFFLINE_RESERVE_S = 0.5  # of shutdown_timeout_s, kept for publishing "offline"
 
 
 class MqttSetupError(ValueError):
@@ -88,6 +89,7 @@ class MqttPublisher:
         self._inflight: dict[int, Callable[[], None] | None] = {}  # mid -> what to do on delivery
         self._acked_early: set[int] = set()
         self.spool: SpoolSender | None = None
+        self._unsent_state: str | None = None
         self._lock = threading.Lock()
         self._all_delivered = threading.Condition(self._lock)
         self._was_connected = False
@@ -177,6 +179,10 @@ class MqttPublisher:
             return False
         with self._lock:
             self.published += 1
+            if qos == 0:  # no acknowledgement will come (and paho drops unsent QoS 0 on disconnect)
+                self._acked_early.discard(info.mid)
+                self._delivered(on_delivered)
+                return True
             # paho may report the ack before publish() returned: it is then waiting in _acked_early
             if info.mid in self._acked_early:
                 self._acked_early.discard(info.mid)
@@ -210,7 +216,18 @@ class MqttPublisher:
         self.stop(timeout_s)
 
     def publish_state(self, state_json: str) -> None:
-        self.publish(self.state_topic, state_json, qos=1, retain=True)
+        # retained and replaced every interval: while the broker is away only the newest is kept,
+        # and it is published as soon as the connection is back
+        with self._lock:
+            self._unsent_state = state_json
+        if self.connected.is_set():
+            self._publish_unsent_state()
+
+    def _publish_unsent_state(self) -> None:
+        with self._lock:
+            state_json, self._unsent_state = self._unsent_state, None
+        if state_json is not None:
+            self.publish(self.state_topic, state_json, qos=1, retain=True)
 
     def wait_delivered(self, timeout_s: float) -> bool:
         """Wait until every message handed to paho so far is acknowledged by the broker."""
@@ -237,19 +254,23 @@ class MqttPublisher:
         if self.pending and not self.connected.is_set():
             # a batch run that finished while the broker was away: give it until the deadline
             self.connected.wait(max(0.0, deadline - time.monotonic()))
+        offline_sent = False
         if self.spool is not None:
-            self.spool.drain(deadline)
+            self.spool.drain(deadline - OFFLINE_RESERVE_S)
+            undelivered = self.spool.undelivered
+            self.spool.stop()  # its last round only writes: nothing is handed to paho after "offline"
         if self.connected.is_set():
-            self.wait_delivered(max(0.0, deadline - time.monotonic()))
+            self.wait_delivered(max(0.0, deadline - OFFLINE_RESERVE_S - time.monotonic()))
             self.publish(self.status_topic, "offline", qos=1, retain=True)
-            self.wait_delivered(max(0.1, deadline - time.monotonic()))
-        if self.pending:
+            offline_sent = self.wait_delivered(max(0.1, deadline - time.monotonic()))
+        pending = undelivered if self.spool is not None else self.inflight
+        if pending:
             where = "kept in the spool for the next start" if self.spool is not None else "lost"
             logger.warning("MQTT broker %s:%d: %d messages not delivered before shutdown_timeout_s (%s)",
-                           self.config.host, self.config.port, self.pending, where)
-        if self.spool is not None:
-            self.spool.stop()
-        self._client.disconnect()
+                           self.config.host, self.config.port, pending, where)
+        if offline_sent:
+            self._client.disconnect()
+        # else: no clean DISCONNECT, so the broker publishes the Last Will ("offline") itself
         self._client.loop_stop()
 
     # paho callbacks run on paho's network thread
@@ -271,6 +292,7 @@ class MqttPublisher:
         if self._subscriptions:
             client.subscribe([(topic, 1) for topic in self._subscriptions])
         self.publish(self.status_topic, "online", qos=1, retain=True)
+        self._publish_unsent_state()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():

@@ -91,8 +91,7 @@ class Spool:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             if acked:
-                removed = self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in acked])
-                del removed
+                self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in acked])
             rows = []
             for topic, payload, qos in new:
                 size = len(payload) + len(topic) + _ROW_OVERHEAD_BYTES
@@ -111,12 +110,15 @@ class Spool:
                 list(counters.items()),
             )
             self._db.execute("COMMIT")
+            self.count, self.bytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+            return [row for row in rows if self._exists(row.id)] if self.policy == "drop_oldest" and rows else rows
         except sqlite3.Error as err:
             self._rollback()
-            self.dropped = self.counter("spool/dropped", default=self.dropped)
+            try:
+                self.dropped = self.counter("spool/dropped", default=self.dropped)
+            except sqlite3.Error:
+                pass
             raise SpoolError(f"spool {self.path} cannot be written: {err}") from err
-        self.count, self.bytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
-        return [row for row in rows if self._exists(row.id)] if self.policy == "drop_oldest" and rows else rows
 
     def bytes_after_acks(self, acked: list[int]) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()[0]

@@ -96,30 +96,40 @@ class SpoolSender:
             if not self._submitted and (self.undelivered == 0 or not self._publisher.connected.is_set()):
                 return
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(10)
-        self._spool.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if not self._thread.is_alive():  # never close the database under a running transaction
+            self._spool.close()
 
     # --- the spool thread ------------------------------------------------------------
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            self._round()
+            try:
+                self._round(send=not stopping)
+            except Exception as err:  # the edge of the thread: a dead spool thread would stall every prediction
+                if not self.error:
+                    logger.exception("spool round failed; retrying every %g s", ROUND_S)
+                self.error, self._failed_mono = f"{type(err).__name__}: {err}", time.monotonic()
+                self._ram.clear()
+                self._ram_complete = False
+                self._stop.wait(ROUND_S)
             if stopping:
                 return
             self._idle.set()
             self._wake.wait(ROUND_S)
             self._wake.clear()
 
-    def _round(self) -> None:
+    def _round(self, send: bool = True) -> None:
         new = [self._submitted.popleft() for _ in range(len(self._submitted))]
         with self._acked_lock:
             acked, self._acked = self._acked, []
         if new or acked:
             self._write(new, acked)
-        if self._publisher.connected.is_set():
+        if send and self._publisher.connected.is_set():
             self._send_live()
             self._send_spooled()
 
@@ -132,6 +142,8 @@ class SpoolSender:
             if not self.error:
                 logger.error("%s; publishing live without the spool until it works again", err)
             self.error, self._failed_mono = str(err), time.monotonic()
+            with self._acked_lock:
+                self._acked[:0] = acked  # still on disk: delete them at the next successful write
             self._live.extend((t, p, q) for t, p, q, _, _ in new)
             self._ram.clear()
             self._ram_complete = False
@@ -154,7 +166,9 @@ class SpoolSender:
     def _send_live(self) -> None:
         while self._live and self._inflight < MAX_INFLIGHT:
             topic, payload, qos = self._live.popleft()
-            self._hand_to_paho(topic, payload, qos, row_id=None)
+            if not self._hand_to_paho(topic, payload, qos, row_id=None):
+                self._live.appendleft((topic, payload, qos))
+                return
 
     def _send_spooled(self) -> None:
         while self._inflight < MAX_INFLIGHT:
