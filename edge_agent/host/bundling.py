@@ -99,14 +99,19 @@ def resign_bundle_bytes(bundle: Bundle, key: PrivateKey) -> tuple[bytes, Signatu
 def _labels(request: BundleRequest, attached: list[str] | None) -> list[str] | None:
     if request.labels_path is None:
         return attached
+    return read_labels_option(request.labels_path)
+
+
+def read_labels_option(path: Path) -> list[str]:
+    """The labels of a `--labels FILE` option; BundleInputError (a ValueError) naming the problem."""
     try:
-        labels = parse_labels(request.labels_path.read_text(encoding="utf-8"))
+        labels = parse_labels(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BundleInputError(f"--labels: {request.labels_path} does not exist") from None
+        raise BundleInputError(f"--labels: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise BundleInputError(f"--labels: {request.labels_path} cannot be read as UTF-8 text ({err})") from None
+        raise BundleInputError(f"--labels: {path} cannot be read as UTF-8 text ({err})") from None
     if not labels:
-        raise BundleInputError(f"--labels: {request.labels_path} holds no labels (one per line expected)")
+        raise BundleInputError(f"--labels: {path} holds no labels (one per line expected)")
     return labels
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 from edge_agent import __version__
 from edge_agent.atomic_file import write_file_atomically
 from edge_agent.config import PreprocessOptions
+from edge_agent.host.bundling import read_labels_option
 from edge_agent.host.calibration import load_calibration, representative_dataset
 from edge_agent.host.convert import ConversionError, convert_to_tflite
 from edge_agent.host.edgetpu import COMPILER_HELP, analyse_readiness, find_compiler, run_compiler
@@ -33,7 +34,7 @@ from edge_agent.host.tensorflow_loader import TensorFlowMissing, import_tensorfl
 from edge_agent.host.validate import AccuracyGateError, accuracy_gate_problem, load_validation_data, validate_conversion
 from edge_agent.models.keys import SigningKeyError
 from edge_agent.preprocess import PreprocessError
-from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file, parse_labels
+from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file
 from edge_agent.runtime.tflite_file import model_file_from_bytes
 
 logger = logging.getLogger(__name__)
@@ -152,17 +153,7 @@ def _check_request(request: ConvertRequest) -> None:
 
 
 def _read_labels(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        labels = parse_labels(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"--labels: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--labels: {path} cannot be read as UTF-8 text ({err})") from None
-    if not labels:
-        raise ValueError(f"--labels: {path} holds no labels (one per line expected)")
-    return labels
+    return None if path is None else read_labels_option(path)
 
 
 def _compile_for_edgetpu(model: bytes, output: Path) -> dict:
