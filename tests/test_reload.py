@@ -65,3 +65,22 @@ max_fps = 10
     assert seqs == list(range(1, len(seqs) + 1)), "numbering goes on across reloads"
     assert collector.payloads("/reloader/status").count(b"online") == 1, "the MQTT session was never dropped"
     assert "MQTT broker" in agent.stderr and "lost" not in agent.stderr
+
+
+def test_a_sink_not_running_since_start_is_named_in_a_warning(tmp_path, session_broker, agent_process):
+    config = write_config(tmp_path / "agent.toml", config_text(tmp_path, session_broker, top_k=1))
+    agent = agent_process("run", "--config", str(config))
+    assert wait_until(lambda: "MQTT broker" in agent.stderr, 30), agent.stderr
+    extra = f"""
+[pipelines.printer]
+model = "{DEMO_MODEL}"
+source = {{ uri = "{DEMO_VIDEO}", loop = true }}
+max_fps = 5
+sinks = ["stdout"]
+"""
+    write_config(config, config_text(tmp_path, session_broker, top_k=1, extra_pipeline=extra))
+    agent.signal(signal.SIGHUP)
+    assert wait_until(lambda: "sink(s) stdout not running" in agent.stderr, 20), agent.stderr
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(20) == 0, agent.stderr
+    assert agent.stdout == "", "a sink that was not started must not appear half-way"

@@ -141,6 +141,10 @@ class Agent:
             active.model.runtime, active.model.delegate, active.model.num_threads,
         )
         sinks = [self._sinks[name] for name in config.sinks if name in self._sinks]
+        missing = [name for name in config.sinks if name not in self._sinks]
+        if missing:  # sinks are made at start for the pipelines of that config (or mqtt.enabled = false)
+            logger.warning("pipeline %s: sink(s) %s not running (not in use when the agent started, or disabled); "
+                           "restart the agent to add them", config.name, ", ".join(missing))
         spool = self.mqtt.spool if self.mqtt is not None else None
         if last_seq is None:
             last_seq = spool.last_seq(config.name) if spool is not None else 0  # numbering survives restarts
@@ -234,6 +238,8 @@ class Agent:
             pipeline = self.pipelines.pop(name, None)
             if pipeline is not None:
                 pipeline.stop()
+                if not pipeline.join(self.config.shutdown_timeout_s):
+                    pipeline.abandon()  # hung: nothing more may be published under its name
                 logger.info("reload: pipeline %s removed", name)
         for config in plan.swap_model:
             self._swap_model(config)
