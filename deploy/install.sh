@@ -145,8 +145,9 @@ put_file() {  # put_file SOURCE DEST MODE [GROUP_ID]: copy when content or mode 
 }
 
 install_files() {
-    local file gid
-    for file in "$SOURCE_TREE"/models/demo/*; do
+    local file gid demo="$SOURCE_TREE/edge_agent/data/demo"
+    [ -d "$demo" ] || demo="$SOURCE_TREE/models/demo"  # a wheelhouse bundle's layout
+    for file in "$demo"/*; do
         put_file "$file" "$APP_DIR/models/demo/$(basename "$file")" 0644 || true
     done
     [ ! -f "$SOURCE_TREE/README.md" ] || put_file "$SOURCE_TREE/README.md" "$APP_DIR/README.md" 0644 || true

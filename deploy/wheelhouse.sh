@@ -96,7 +96,7 @@ install -D -m 0644 "$REPO/systemd/edge-agent.service" "$OUT/systemd/edge-agent.s
 install -D -m 0644 "$REPO/README.md" "$OUT/README.md"
 rm -rf "$OUT/models/demo"
 mkdir -p "$OUT/models"
-cp -r "$REPO/models/demo" "$OUT/models/demo"
+cp -r "$REPO/edge_agent/data/demo" "$OUT/models/demo"
 
 count=$(find "$WHEELS" -name '*.whl' | wc -l)
 echo "wheelhouse ready: $OUT ($count wheels, $(du -sh "$OUT" | cut -f1))"

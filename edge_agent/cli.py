@@ -185,8 +185,8 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
 
 def _check_config_command(args: argparse.Namespace) -> int:
-    from edge_agent.models.bundle import BundleError
-    from edge_agent.models.keys import SigningKeyError
+    from edge_agent.delivery.bundle import BundleError
+    from edge_agent.delivery.keys import SigningKeyError
     from edge_agent.runtime import ModelFileError
     from edge_agent.service.model_source import open_model
     from edge_agent.sources import redact_url

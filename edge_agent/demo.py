@@ -17,10 +17,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from edge_agent.data import DEMO_TRUTH, demo_dir, demo_file
 from edge_agent.local_broker import BrokerUnavailable, LocalBroker, broker_listening
 from edge_agent.sinks.mqtt import MqttListener
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 DEVICE_ID = "edge-demo"
 PIPELINE = "digits"
 DEMO_FPS = 20
@@ -47,10 +47,7 @@ top_k = 1
 def run_demo(broker: str, seconds: float) -> int:
     host, _, port_text = broker.rpartition(":")
     port = int(port_text)
-    if not (DEMO_DIR / "digits_int8.tflite").exists():
-        print(f"demo files not found in {DEMO_DIR}: run the demo from a checkout of the repository", file=sys.stderr)
-        return 1
-    truth = (DEMO_DIR / "digits-demo.truth.txt").read_text().split()
+    truth = demo_file(DEMO_TRUTH).read_text().split()
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp, ExitStack() as stack:
         if not broker_listening(host, port):
             print(f"no broker on {host}:{port}: starting mosquitto for the demo")
@@ -67,7 +64,7 @@ def _watch_agent(host: str, port: int, workdir: Path, truth: list[str], seconds:
     config = workdir / "agent.toml"
     config.write_text(CONFIG_TEMPLATE.format(
         device=DEVICE_ID, state_dir=workdir / "state", host=host, port=port,
-        pipeline=PIPELINE, demo_dir=DEMO_DIR, fps=DEMO_FPS,
+        pipeline=PIPELINE, demo_dir=demo_dir(), fps=DEMO_FPS,
     ))
     received: list[dict] = []
     lock = threading.Lock()

@@ -158,7 +158,7 @@ def convert_float(model) -> bytes:
 
 
 def convert_int8(model) -> bytes:
-    # int8 in and out, like models/demo/digits_int8.tflite.
+    # int8 in and out, like edge_agent/data/demo/digits_int8.tflite.
     return convert_full_int8(converter(model), calibration_images, "int8")
 
 

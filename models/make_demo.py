@@ -1,6 +1,6 @@
 """Make the digits demo: a small int8 TFLite classifier plus a matching video.
 
-What it writes (default ``models/demo/``):
+What it writes (default ``edge_agent/data/demo/``, package data):
 
 * ``digits_int8.tflite``    full-integer model, int8 input [1,8,8,1] and int8
                             output [1,10] (softmax probabilities, quantised)
@@ -233,7 +233,7 @@ def check_runtimes(paths: list[Path], device_python: str | None) -> dict[str, di
 # --------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = make_parser(
-        __doc__.splitlines()[0], REPO / "models" / "demo", "python with tflite_runtime for the cross-runtime check"
+        __doc__.splitlines()[0], REPO / "edge_agent" / "data" / "demo", "python with tflite_runtime for the cross-runtime check"
     )
     args = ap.parse_args(argv)
     out: Path = args.out

@@ -1,4 +1,4 @@
-"""Make the small .tflite files the test suite uses (``tests/models/``).
+"""Make the small .tflite files the test suite uses (``tests/model_files/``).
 
 All weights are random (seeded) -- these models exercise the runtime plumbing
 (shapes, dtypes, custom ops, error paths), not accuracy:
@@ -476,7 +476,7 @@ def readme(out: Path, checks: dict[str, dict], descriptions: dict[str, str], rol
 # --------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = make_parser(
-        __doc__.splitlines()[0], REPO / "tests" / "models", "python with tflite_runtime for the cross-runtime check"
+        __doc__.splitlines()[0], REPO / "tests" / "model_files", "python with tflite_runtime for the cross-runtime check"
     )
     args = ap.parse_args(argv)
     out: Path = args.out.resolve()

@@ -32,11 +32,11 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from conftest import DEMO, DEMO_MODEL
+from support import DEMO, DEMO_MODEL
 from edge_agent.host.bundling import BundleRequest, create_bundle_bytes
-from edge_agent.models.bundle import bundle_to_bytes, read_bundle, sign_manifest
-from edge_agent.models.keys import PrivateKey, generate_key_pair, load_private_key
-from edge_agent.models.manifest import manifest_to_bytes
+from edge_agent.delivery.bundle import bundle_to_bytes, read_bundle, sign_manifest
+from edge_agent.delivery.keys import PrivateKey, generate_key_pair, load_private_key
+from edge_agent.delivery.manifest import manifest_to_bytes
 from edge_agent.runtime.tflite_file import _FlatBuffer
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DEMO_VIDEO, REPO, Broker, Collector, wait_until
+from support import DEMO_VIDEO, REPO, Broker, Collector, wait_until
 from edge_agent.host.fleet import BrokerAddress
 from edge_agent.host.push import Pusher, PushOptions, PushResult
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from conftest import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, wait_until, write_config
+from support import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, wait_until, write_config
 
 PREDICTION_FIELDS = {"device", "pipeline", "seq", "ts", "frame", "model", "latency_ms", "task", "classes"}
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DEMO, DEMO_MODEL, DEMO_VIDEO, MODELS, wait_until, write_config
+from support import DEMO, DEMO_MODEL, DEMO_VIDEO, MODELS, wait_until, write_config
 from edge_agent.service.source_health import RECONNECT_MAX_DELAY_S, RECONNECT_MIN_DELAY_S
 
 

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, REPO
+from support import DEMO_MODEL, DEMO_VIDEO, REPO
 
 REQUIRED = {"interpreter_fps", "pipeline_fps", "ratio", "plain_loop_fps", "latency_ms", "peak_rss_mb",
             "startup_s", "threads", "runtime", "model", "cpu_percent", "missing"}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, REPO, write_config
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, REPO, write_config
 from edge_agent.cli import main
 from edge_agent.config import parse_config
-from edge_agent.models.bundle import (
+from edge_agent.delivery.bundle import (
     BundleError,
     BundleTrustError,
     BundleVersionError,
@@ -27,8 +27,8 @@ from edge_agent.models.bundle import (
     read_bundle,
     sign_manifest,
 )
-from edge_agent.models.keys import load_private_key, load_public_key
-from edge_agent.models.manifest import FORMAT_VERSION
+from edge_agent.delivery.keys import load_private_key, load_public_key
+from edge_agent.delivery.manifest import FORMAT_VERSION
 from edge_agent.service.active_model import build_active_model
 from edge_agent.service.model_source import open_model
 
@@ -195,7 +195,7 @@ def test_nothing_is_left_at_out_when_bundle_create_fails(keys, capsys, tmp_path)
     labels.write_text("cat\ndog\n")
     cases = [
         ("bundle", "create", DEMO_MODEL, "--key", keys / "dev.key", "--labels", labels, "-o", out),  # 2 labels, 10 classes
-        ("bundle", "create", REPO / "tests/models/not_a_model.tflite", "--key", keys / "dev.key", "-o", out),
+        ("bundle", "create", REPO / "tests/model_files/not_a_model.tflite", "--key", keys / "dev.key", "-o", out),
         ("bundle", "create", DEMO_MODEL, "--key", keys / "missing.key", "-o", out),
         ("bundle", "create", DEMO_MODEL, "--labels", tmp_path / "nope.txt", "-o", out),
     ]

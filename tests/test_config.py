@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, DEMO_MODEL, DEMO_VIDEO, MODELS, REPO, write_config
+from support import DEMO, DEMO_MODEL, DEMO_VIDEO, MODELS, REPO, write_config
 from edge_agent.config import (
     ConfigError,
     DelegateSpec,

@@ -21,9 +21,9 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from conftest import write_config
+from support import write_config
 from edge_agent.cli import main
-from edge_agent.models.bundle import read_bundle
+from edge_agent.delivery.bundle import read_bundle
 from edge_agent.runtime import load_model, read_model_file
 
 SEED = 0

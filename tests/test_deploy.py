@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 INSTALL = REPO / "deploy" / "install.sh"
 WHEELHOUSE = REPO / "deploy" / "wheelhouse.sh"
@@ -95,7 +95,7 @@ def copy_tree(destination: Path) -> Path:
     """The parts of the repository install.sh uses, so a test can change the source freely."""
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, destination / name)
-    for name in ("edge_agent", "deploy", "systemd", "models/demo"):
+    for name in ("edge_agent", "deploy", "systemd"):
         shutil.copytree(REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return destination
 

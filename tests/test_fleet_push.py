@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 
-from conftest import DEMO_FLOAT_MODEL, DEMO_MODEL, wait_until
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, wait_until
 from crafted_models import make_bundle, make_keys
 from push_support import agent_config, predictions, push_cli
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DEMO_MODEL, MODELS, REPO, RUNTIMES
+from support import DEMO_MODEL, MODELS, REPO, RUNTIMES
 
 
 def inspect(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import pytest
 
-from conftest import DEMO_MODEL, numbered_frames, wait_until
+from support import DEMO_MODEL, numbered_frames, wait_until
 
 HANG_S = 20.0  # bounds only catch hangs; the agent loads its model first
 

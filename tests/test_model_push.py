@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from conftest import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, REPO, Broker, Collector, wait_until
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, REPO, Broker, Collector, wait_until
 from crafted_models import contrast_lookup_model, crashing_model, make_bundle, make_keys, rebundle, slow_on_contrast_model
-from edge_agent.models.update_protocol import PushBegin, chunk_count, push_topic
+from edge_agent.delivery.update_protocol import PushBegin, chunk_count, push_topic
 from push_support import FRAME_INTERVAL_S, agent_config, events, predictions, push, push_cli, wait_serving
 
 INT8_SHA = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()

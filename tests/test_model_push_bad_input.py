@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from conftest import DEMO_MODEL, MODELS, REPO, AgentProcess, Collector, wait_until
+from support import DEMO_MODEL, MODELS, REPO, AgentProcess, Collector, wait_until
 from crafted_models import make_bundle, make_keys, random_bytes, rebundle, tamper_manifest
-from edge_agent.models.update_protocol import PushBegin, chunk_count, push_topic
+from edge_agent.delivery.update_protocol import PushBegin, chunk_count, push_topic
 from push_support import agent_config, events, push, wait_serving
 
 INT8_SHA = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
@@ -120,7 +120,7 @@ BAD_BUNDLES = {
     "task detection": (lambda board, path: make_bundle(path, MODELS / "ssd_tiny.tflite", board["keys"]["dev"], "2.0",
                                                        labels=None),
                        "the model's task is detection, but pipeline cam publishes classification"),
-    "larger than max_mb": (lambda board, path: make_bundle(path, REPO / "models/demo/digits_float32.tflite",
+    "larger than max_mb": (lambda board, path: make_bundle(path, REPO / "edge_agent/data/demo/digits_float32.tflite",
                                                            board["keys"]["dev"], "2.0"), "accepts at most 0.1 MB"),
     "not a bundle": (lambda board, path: path.write_bytes(random_bytes(4096)) and path, "not a model bundle"),
 }
@@ -156,7 +156,7 @@ def test_a_payload_that_is_not_json_is_refused_with_the_reason(board, topic):
 def test_a_disk_that_fills_up_during_the_transfer(tmp_path, session_broker, collect):
     keys = make_keys(tmp_path, "dev")
     v1 = make_bundle(tmp_path / "v1.eab", DEMO_MODEL, keys["dev"], "1.0")
-    v2 = make_bundle(tmp_path / "v2.eab", REPO / "models/demo/digits_float32.tflite", keys["dev"], "2.0")
+    v2 = make_bundle(tmp_path / "v2.eab", REPO / "edge_agent/data/demo/digits_float32.tflite", keys["dev"], "2.0")
     config = agent_config(tmp_path / "full.toml", session_broker, "full", v1, [tmp_path / "dev.pub"], spool=False)
     collector = collect(session_broker, ["edge/full/#"])
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.models.store import ModelStore, StoredModel, StoreError, list_stores, pipeline_store
-from edge_agent.models.transfer import Transfer, TransferError, disk_problem, remove_leftovers
-from edge_agent.models.update_protocol import (
+from edge_agent.delivery.store import ModelStore, StoredModel, StoreError, list_stores, pipeline_store
+from edge_agent.delivery.transfer import Transfer, TransferError, disk_problem, remove_leftovers
+from edge_agent.delivery.update_protocol import (
     ProtocolError,
     PushBegin,
     chunk_count,
@@ -279,7 +279,7 @@ def test_push_and_models_commands_work_without_tensorflow(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from support import REPO
     from crafted_models import make_bundle
 
     bundle = make_bundle(tmp_path / "m.eab", DEMO_MODEL, None, "1.0")

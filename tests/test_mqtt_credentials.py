@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, Broker, wait_until, write_config
+from support import DEMO_MODEL, DEMO_VIDEO, Broker, wait_until, write_config
 
 
 def broker_with_user(tmp_path, user: str, password: str) -> Broker:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, REPO
+from support import DEMO_MODEL, DEMO_VIDEO, REPO
 
 BLOCKED = ("tensorflow", "tf_keras", "keras")
 

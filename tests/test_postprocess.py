@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import MODELS
+from support import MODELS
 from edge_agent.postprocess import (
     RAW_FULL_VALUES_MAX,
     DecodeError,
@@ -72,7 +72,7 @@ def test_dequantize_leaves_float_alone():
 
 
 def test_classify_on_the_real_demo_model_output():
-    from conftest import DEMO_MODEL
+    from support import DEMO_MODEL
 
     model = load_model(DEMO_MODEL)
     (output,) = model.run(np.full(model.input.shape, -128, np.int8))  # a black image

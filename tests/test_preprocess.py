@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import MODELS
+from support import MODELS
 from edge_agent.config import PreprocessOptions
 from edge_agent.preprocess import Preprocessor, PreprocessError
 from edge_agent.runtime import TensorSpec, load_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import DEMO, DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, wait_until, write_config
+from support import DEMO, DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, wait_until, write_config
 
 
 def config_text(tmp_path, broker, top_k: int, model=DEMO_MODEL, extra_pipeline: str = "") -> str:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, RUNTIMES
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, RUNTIMES
 from edge_agent.config import DelegateSpec, PreprocessOptions
 from edge_agent.preprocess import Preprocessor
 from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model

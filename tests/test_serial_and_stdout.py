@@ -12,7 +12,7 @@ import time
 import cv2
 import pytest
 
-from conftest import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, wait_until, write_config
+from support import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, wait_until, write_config
 from edge_agent.config import SerialConfig
 from edge_agent.records import ClassScore, Detection, ModelRef, Prediction
 from edge_agent.sinks.serial import SerialSink

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import MjpegServer, frame_number, numbered_frames, write_video
+from support import MjpegServer, frame_number, numbered_frames, write_video
 from edge_agent.sources import SourceError, SourceSpec, detect_kind, is_live, make_source, redact_url, source_kind
 
 HANG_S = 10.0  # OpenCV's own default timeout is 30 s: anything under this bound means ours was used

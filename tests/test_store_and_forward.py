@@ -15,7 +15,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, REPO, Broker, wait_until, write_config
+from support import DEMO_MODEL, DEMO_VIDEO, REPO, Broker, wait_until, write_config
 
 
 class PersistentSubscriber:

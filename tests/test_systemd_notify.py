@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, REPO, wait_until
+from support import DEMO_MODEL, DEMO_VIDEO, REPO, wait_until
 from edge_agent.service.systemd import Notifier, Watchdog
 
 

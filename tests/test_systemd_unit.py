@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_MODEL, DEMO_VIDEO, REPO, RUNTIMES
+from support import DEMO_MODEL, DEMO_VIDEO, REPO, RUNTIMES
 
 UNIT = REPO / "systemd" / "edge-agent.service"
 MAX_EXPOSURE = 2.5

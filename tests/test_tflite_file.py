@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import DEMO, DEMO_FLOAT_MODEL, DEMO_MODEL, MODELS, RUNTIMES
+from support import DEMO, DEMO_FLOAT_MODEL, DEMO_MODEL, MODELS, RUNTIMES
 from edge_agent.postprocess import ssd_order_from_roles
 from edge_agent.runtime import ModelFileError, load_model, parse_labels, read_model_file
 from edge_agent.runtime.builtin_ops import BUILTIN_OPERATOR_NAMES

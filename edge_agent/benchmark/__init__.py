@@ -18,13 +18,15 @@ import numpy as np
 
 from edge_agent.benchmark.agent_run import run_agent
 from edge_agent.benchmark.in_process import interpreter_fps, plain_loop_fps
+from edge_agent.data import DEMO_MODEL, demo_file
 from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
 from edge_agent.local_broker import LocalBroker
 from edge_agent.runtime.backends import import_runtime
 
 PACED_FPS = 30.0
-REPO_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
-DEFAULT_MODELS = (REPO_MODELS / "bench" / "mobilenet_v2_int8.tflite", REPO_MODELS / "demo" / "digits_int8.tflite")
+# MobileNetV2 int8 when `models/make_bench_models.py` has written it into the current folder's
+# models/bench (a checkout), else the demo model that ships inside the package
+BENCH_MODEL = Path("models") / "bench" / "mobilenet_v2_int8.tflite"
 
 CONFIG_TEMPLATE = """\
 device_id = "{device}"
@@ -55,10 +57,7 @@ class BenchOptions:
 
 
 def default_model() -> str:
-    for path in DEFAULT_MODELS:
-        if path.exists():
-            return str(path)
-    raise FileNotFoundError("no model given and no bench model found: pass --model or run models/make_bench_models.py")
+    return str(BENCH_MODEL.resolve() if BENCH_MODEL.exists() else demo_file(DEMO_MODEL))
 
 
 def run_bench(options: BenchOptions, progress=print) -> dict:

@@ -22,9 +22,9 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config import PreprocessOptions
 from edge_agent.host.metadata import read_conversion_info
-from edge_agent.models.bundle import Bundle, Signature, bundle_to_bytes, sign_manifest
-from edge_agent.models.keys import PrivateKey
-from edge_agent.models.manifest import FORMAT_VERSION, TASKS, Manifest, ManifestError, manifest_to_bytes, parse_manifest
+from edge_agent.delivery.bundle import Bundle, Signature, bundle_to_bytes, sign_manifest
+from edge_agent.delivery.keys import PrivateKey
+from edge_agent.delivery.manifest import FORMAT_VERSION, TASKS, Manifest, ManifestError, manifest_to_bytes, parse_manifest
 from edge_agent.runtime.model import TensorSpec, guess_task
 from edge_agent.runtime.tflite_file import parse_labels, read_model_file
 from edge_agent.runtime.tflite_graph import ModelGraph, TensorInfo, read_graph

@@ -134,7 +134,7 @@ def _add_keys(commands: argparse._SubParsersAction) -> None:
 
 
 def _keys_generate_command(args: argparse.Namespace) -> int:
-    from edge_agent.models.keys import SigningKeyError, generate_key_pair, load_public_key
+    from edge_agent.delivery.keys import SigningKeyError, generate_key_pair, load_public_key
 
     try:
         private_path, public_path = generate_key_pair(args.name, overwrite=args.force)
@@ -180,7 +180,7 @@ def _add_bundle(commands: argparse._SubParsersAction) -> None:
 def _bundle_create_command(args: argparse.Namespace) -> int:
     from edge_agent.atomic_file import write_file_atomically
     from edge_agent.host.bundling import BundleInputError, BundleRequest, create_bundle_bytes
-    from edge_agent.models.keys import SigningKeyError, load_private_key
+    from edge_agent.delivery.keys import SigningKeyError, load_private_key
     from edge_agent.runtime.tflite_file import ModelFileError
 
     overrides = {k: v for k, v in (("resize", args.resize), ("color", args.color), ("mean", args.mean),
@@ -201,8 +201,8 @@ def _bundle_create_command(args: argparse.Namespace) -> int:
 def _bundle_sign_command(args: argparse.Namespace) -> int:
     from edge_agent.atomic_file import write_file_atomically
     from edge_agent.host.bundling import resign_bundle_bytes
-    from edge_agent.models.bundle import BundleError, read_bundle
-    from edge_agent.models.keys import SigningKeyError, load_private_key
+    from edge_agent.delivery.bundle import BundleError, read_bundle
+    from edge_agent.delivery.keys import SigningKeyError, load_private_key
 
     output = args.output or args.bundle
     try:
@@ -217,8 +217,8 @@ def _bundle_sign_command(args: argparse.Namespace) -> int:
 
 
 def _bundle_verify_command(args: argparse.Namespace) -> int:
-    from edge_agent.models.bundle import BundleError, check_trust, read_bundle
-    from edge_agent.models.keys import SigningKeyError, load_public_key
+    from edge_agent.delivery.bundle import BundleError, check_trust, read_bundle
+    from edge_agent.delivery.keys import SigningKeyError, load_public_key
 
     try:
         keys = [load_public_key(path) for path in args.trusted_key]

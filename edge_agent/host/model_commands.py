@@ -76,8 +76,8 @@ def _push_command(args: argparse.Namespace) -> int:
     from edge_agent.host.fleet import read_fleet
     from edge_agent.host.progress import ProgressBoard
     from edge_agent.host.push import NO_ANSWER, Pusher, PushOptions, PushResult, format_results
-    from edge_agent.models.bundle import BundleError, read_bundle
-    from edge_agent.models.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    from edge_agent.delivery.bundle import BundleError, read_bundle
+    from edge_agent.delivery.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
     chunk_size = args.chunk_kb * 1024
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
@@ -152,7 +152,7 @@ def _rollback_command(args: argparse.Namespace) -> int:
 
 def _list_command(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config
-    from edge_agent.models.store import StoreError, list_stores
+    from edge_agent.delivery.store import StoreError, list_stores
 
     state_dir = args.state_dir or Path(load_config(args.config or DEFAULT_CONFIG).state_dir)
     try:

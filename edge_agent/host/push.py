@@ -1,7 +1,7 @@
 """`edge-agent push`: send a bundle to boards over MQTT in chunks and collect what each one answers.
 
 No TensorFlow and no runtime: the bundle's bytes, paho through edge_agent.sinks.mqtt, and the
-conversation in edge_agent.models.update_protocol. One MQTT client serves every target; each
+conversation in edge_agent.delivery.update_protocol. One MQTT client serves every target; each
 target moves through begin → (accepted) chunks → end → (missing → resend → end)* → received →
 verified → activated, or stops at `rejected`. At most `window` chunks per device wait for the
 broker's acknowledgement, which paces the sender and drives the progress bars. A board the pusher
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.host.fleet import BrokerAddress
 from edge_agent.host.progress import ProgressBoard
-from edge_agent.models.update_protocol import (
+from edge_agent.delivery.update_protocol import (
     DEFAULT_CHUNK_SIZE,
     PushBegin,
     chunk_count,

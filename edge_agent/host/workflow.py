@@ -32,7 +32,7 @@ from edge_agent.host.samples import SampleError, float_input_spec
 from edge_agent.host.source_model import SourceModelError, load_source_model
 from edge_agent.host.tensorflow_loader import TensorFlowMissing, import_tensorflow
 from edge_agent.host.validate import AccuracyGateError, accuracy_gate_problem, load_validation_data, validate_conversion
-from edge_agent.models.keys import SigningKeyError
+from edge_agent.delivery.keys import SigningKeyError
 from edge_agent.preprocess import PreprocessError
 from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file
 from edge_agent.runtime.tflite_file import model_file_from_bytes

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
-from edge_agent.models.store import StoreError, pipeline_store
+from edge_agent.delivery.store import StoreError, pipeline_store
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.pipeline import Pipeline
 from edge_agent.service.reload import effective_config, plan_reload

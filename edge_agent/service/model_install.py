@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.models.store import ModelStore, StoredModel, StoreError, pipeline_store, utc_now
-from edge_agent.models.transfer import disk_problem
+from edge_agent.delivery.store import ModelStore, StoredModel, StoreError, pipeline_store, utc_now
+from edge_agent.delivery.transfer import disk_problem
 from edge_agent.records import ModelRef
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.probation import Probation
@@ -121,7 +121,7 @@ class ModelInstaller:
 
     def _verify(self, path: Path, label: str) -> None:
         """Integrity and trust (checked again by the self-test child)."""
-        from edge_agent.models.bundle import BundleError, is_bundle_file
+        from edge_agent.delivery.bundle import BundleError, is_bundle_file
         from edge_agent.service.model_source import open_model
 
         if not is_bundle_file(path):
@@ -152,7 +152,7 @@ class ModelInstaller:
         running = self.host.pipelines.get(pipeline)
         if running is not None:
             return running.active.ref
-        from edge_agent.models.bundle import is_bundle_file, read_bundle
+        from edge_agent.delivery.bundle import is_bundle_file, read_bundle
         from edge_agent.runtime.tflite_file import read_model_file
 
         if is_bundle_file(config.model):

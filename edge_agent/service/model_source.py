@@ -24,10 +24,10 @@ from edge_agent.config import PipelineConfig, PreprocessOptions
 from edge_agent.runtime.tflite_file import ModelFile, model_file_from_bytes, read_model_file
 
 if TYPE_CHECKING:
-    from edge_agent.models.keys import PublicKey
-    from edge_agent.models.manifest import Manifest
+    from edge_agent.delivery.keys import PublicKey
+    from edge_agent.delivery.manifest import Manifest
 
-# edge_agent.models (and with it `cryptography`, ~11 MB of RSS) is imported only when a
+# edge_agent.delivery (and with it `cryptography`, ~11 MB of RSS) is imported only when a
 # bundle is actually opened: a device running plain .tflite files does not pay for it.
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_mod
                label: str = "") -> OpenedModel:
     """Read `path` as a bundle or a .tflite, applying the trust rule in the module docstring; errors name
     the file as `label` when given (a pushed bundle by the name the pusher knows it by)."""
-    from edge_agent.models.bundle import BundleTrustError, check_trust, is_bundle_file, read_bundle
+    from edge_agent.delivery.bundle import BundleTrustError, check_trust, is_bundle_file, read_bundle
 
     if not is_bundle_file(path):
         if not allow_unsigned_models:
@@ -73,7 +73,7 @@ def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_mod
 
 
 def load_trusted_keys(paths: tuple[str, ...]) -> list[PublicKey]:
-    from edge_agent.models.keys import SigningKeyError, load_public_key
+    from edge_agent.delivery.keys import SigningKeyError, load_public_key
 
     keys = []
     for path in paths:

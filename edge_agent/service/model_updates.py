@@ -1,6 +1,6 @@
 """The board's side of `edge-agent push` and `edge-agent models rollback`: the MQTT conversation.
 
-Requests arrive on `{prefix}/{device}/models/...` (edge_agent.models.update_protocol) through the
+Requests arrive on `{prefix}/{device}/models/...` (edge_agent.delivery.update_protocol) through the
 agent's one MQTT client; paho's thread only puts them on a queue. One worker thread takes them
 in order, reassembles transfers (models.transfer), answers every request with an event, expires
 idle transfers and judges probation. A complete transfer is installed (service.model_install) on
@@ -19,8 +19,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from edge_agent.models.transfer import Transfer, TransferError, remove_leftovers
-from edge_agent.models.update_protocol import (
+from edge_agent.delivery.transfer import Transfer, TransferError, remove_leftovers
+from edge_agent.delivery.update_protocol import (
     ProtocolError,
     PushBegin,
     is_valid_id,

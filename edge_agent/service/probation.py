@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from edge_agent.models.store import StoredModel
+from edge_agent.delivery.store import StoredModel
 
 DEFAULT_STALL_LIMIT_S = 10.0
 PACED_BEATS = 3

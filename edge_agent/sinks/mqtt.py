@@ -5,7 +5,7 @@ Topics (all under `{prefix}/{device}`):
   {pipeline}/predictions one JSON message per processed frame
   state                  retained JSON, every `state_interval_s`
   models/...             model pushes and rollbacks (subscribed through `subscribe`; see
-                         edge_agent.models.update_protocol)
+                         edge_agent.delivery.update_protocol)
 
 The client connects in the background and reconnects with capped exponential backoff, so
 an unreachable broker at start never stops capture. Connection changes are logged once.

@@ -3,7 +3,7 @@
 A bundle (suffix `.eab`, "edge-agent bundle"; recognised by content, not by suffix) is a
 zip archive with exactly these members:
 
-  manifest.json  what the model is and how to feed it (see edge_agent.models.manifest)
+  manifest.json  what the model is and how to feed it (see edge_agent.delivery.manifest)
   model.tflite   the model, byte for byte; its SHA-256 is in the manifest
   manifest.sig   optional: {"algorithm": "ed25519", "key_id": "<16 hex>", "signature": "<base64>"},
                  an Ed25519 signature over the exact bytes of manifest.json
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.atomic_file import write_file_atomically
-from edge_agent.models.keys import PrivateKey, PublicKey
-from edge_agent.models.manifest import (
+from edge_agent.delivery.keys import PrivateKey, PublicKey
+from edge_agent.delivery.manifest import (
     MODEL_MEMBER,
     Manifest,
     ManifestError,

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edge_agent.models.update_protocol import PushBegin, chunk_length
+from edge_agent.delivery.update_protocol import PushBegin, chunk_length
 
 logger = logging.getLogger(__name__)
 
