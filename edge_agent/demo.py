@@ -44,9 +44,8 @@ top_k = 1
 """
 
 
-def run_demo(broker: str, seconds: float) -> int:
-    host, _, port_text = broker.rpartition(":")
-    port = int(port_text)
+def run_demo(host: str, port: int, seconds: float) -> int:
+    """Run the demo against the broker at host:port (parsed by the CLI: `--broker HOST:PORT`)."""
     truth = demo_file(DEMO_TRUTH).read_text().split()
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp, ExitStack() as stack:
         if not broker_listening(host, port):

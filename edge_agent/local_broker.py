@@ -9,10 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge_agent.errors import EdgeAgentError
+
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(EdgeAgentError, RuntimeError):
     """No broker listens and none could be started."""
 
 

@@ -12,11 +12,12 @@ from typing import Sequence
 import numpy as np
 
 from edge_agent.records import ClassScore, Detection
+from edge_agent.errors import InputError
 
 RAW_FULL_VALUES_MAX = 32  # outputs this small are published whole
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError, ValueError):
     """The model's outputs do not fit the configured task."""
 
 

@@ -15,11 +15,12 @@ import numpy as np
 
 from edge_agent.config import PreprocessOptions
 from edge_agent.runtime import TensorSpec
+from edge_agent.errors import InputError
 
 LETTERBOX_PAD_PIXEL = 0
 
 
-class PreprocessError(ValueError):
+class PreprocessError(InputError, ValueError):
     """The model's input cannot be fed from images (or the options do not fit it)."""
 
 

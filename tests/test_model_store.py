@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO
-from edge_agent.config import ConfigError, parse_config
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, write_config
+from edge_agent.config import ConfigError, load_config, parse_config
 from edge_agent.delivery.store import ModelStore, StoredModel, StoreError, list_stores, pipeline_store
 from edge_agent.delivery.transfer import Transfer, TransferError, disk_problem, remove_leftovers
 from edge_agent.delivery.update_protocol import (
@@ -26,7 +26,7 @@ from edge_agent.delivery.update_protocol import (
 from edge_agent.service.agent import Agent
 from edge_agent.service.probation import DEFAULT_STALL_LIMIT_S, probation_failure, stall_limit_s
 from edge_agent.service.reload import plan_reload
-from edge_agent.service.selftest import pipeline_from_dict, pipeline_to_dict
+from edge_agent.service.selftest import pipeline_from_request, selftest_request
 
 BASE = "edge/board/models"
 
@@ -222,11 +222,24 @@ def test_reload_keeps_models_settings_until_a_restart_and_applies_groups():
     assert "groups" not in plan.ignored
 
 
-def test_the_selftest_request_carries_the_pipeline_config_whole():
-    pipeline = parse_config({"pipelines": {"cam": {"model": "m.eab", "source": {"uri": "rtsp://x", "loop": True},
-                                                   "delegate": {"path": "/lib/d.so", "options": {"a": 1}},
-                                                   "preprocess": {"mean": [1, 2, 3]}, "threshold": 0.4}}}).pipelines[0]
-    assert pipeline_from_dict(json.loads(json.dumps(pipeline_to_dict(pipeline)))) == pipeline
+def test_the_selftest_request_carries_the_pipeline_config_whole(tmp_path):
+    config = load_config(write_config(tmp_path / "agent.toml", """
+[pipelines.other]
+model = "o.tflite"
+source = "0"
+[pipelines.cam]
+model = "m.eab"
+labels = "labels.txt"
+source = { uri = "videos/in.mp4", loop = true }
+delegate = { path = "/lib/d.so", options = { a = 1, fast = true } }
+threshold = 0.4
+[pipelines.cam.preprocess]
+mean = [1, 2, 3]
+"""))
+    pipeline = config.pipelines[1]
+    request = json.loads(json.dumps(selftest_request(config, "cam", "m.eab", "", (), True), default=str))
+    assert pipeline_from_request(request) == pipeline
+    assert pipeline.source.uri == str(tmp_path / "videos/in.mp4")  # relative paths as the agent resolved them
 
 
 # ---------------------------------------------------------------------------- the agent's choice of model

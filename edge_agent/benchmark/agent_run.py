@@ -16,11 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.sinks.mqtt import MqttListener
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 FIRST_PREDICTION_TIMEOUT_S = 60.0
 SETTLE_S = 1.0  # skip the first second after the first prediction (caches, thread start-up)
+
+
+class BenchmarkError(EdgeAgentError, RuntimeError):
+    """A measurement could not be made (the agent under test published nothing)."""
 
 
 @dataclass
@@ -56,7 +61,7 @@ def run_agent(config_text: str, workdir: Path, host: str, port: int, device: str
     )
     try:
         if not _wait_for(lambda: arrivals, FIRST_PREDICTION_TIMEOUT_S, process):
-            raise RuntimeError(f"the agent published nothing within {FIRST_PREDICTION_TIMEOUT_S:g} s (exit status {process.poll()})")
+            raise BenchmarkError(f"the agent published nothing within {FIRST_PREDICTION_TIMEOUT_S:g} s (exit status {process.poll()})")
         with lock:
             first_arrival = arrivals[0][0]
         result.startup_s = first_arrival - spawned

@@ -35,6 +35,7 @@ from edge_agent.delivery.manifest import (
     ManifestVersionError,
     parse_manifest,
 )
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # reproducible bytes: same inputs, same bundle
 
 
-class BundleError(ValueError):
+class BundleError(InputError, ValueError):
     """The file is not a bundle, is damaged, or its model does not match its manifest."""
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.atomic_file import write_file_atomically
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PUBLIC_KEY_MODE = 0o644
 MAX_KEY_FILE_BYTES = 16 * 1024
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(InputError, ValueError):
     """A key file is missing, unreadable, or not an Ed25519 key."""
 
 

@@ -24,14 +24,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, PreprocessOptions
+from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, TASKS, PreprocessOptions
+from edge_agent.errors import InputError
 
 FORMAT_VERSION = 1
 MODEL_MEMBER = "model.tflite"
-TASKS = ("classification", "detection", "raw")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """The manifest is not valid JSON or lacks a field a board needs."""
 
 

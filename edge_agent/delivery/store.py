@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_agent.atomic_file import fsync_folder, write_file_atomically
+from edge_agent.errors import EdgeAgentError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ BUNDLE_MAGIC = b"PK\x03\x04"
 MIN_KEPT = 2  # the active model and the rollback target
 
 
-class StoreError(Exception):
+class StoreError(EdgeAgentError):
     """The store cannot do what was asked (nothing to roll back to, damaged active.json, disk refuses)."""
 
 

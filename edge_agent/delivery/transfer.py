@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from edge_agent.delivery.update_protocol import PushBegin, chunk_length
+from edge_agent.errors import EdgeAgentError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ HASH_BLOCK_BYTES = 1 << 20
 MB = 1024 * 1024
 
 
-class TransferError(Exception):
+class TransferError(EdgeAgentError):
     """The transfer cannot go on; str(err) is the reason reported to the pusher."""
 
 

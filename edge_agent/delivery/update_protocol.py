@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edge_agent.errors import InputError
+
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MIN_CHUNK_SIZE = 256
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -38,7 +40,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^([^/\x00-\x1f\x7f]{1,128})?$")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError, ValueError):
     """A request does not follow the protocol; the message says what was wrong."""
 
 

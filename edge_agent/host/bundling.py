@@ -28,11 +28,12 @@ from edge_agent.delivery.manifest import FORMAT_VERSION, TASKS, Manifest, Manife
 from edge_agent.runtime.model import TensorSpec, guess_task
 from edge_agent.runtime.tflite_file import parse_labels, read_model_file
 from edge_agent.runtime.tflite_graph import ModelGraph, TensorInfo, read_graph
+from edge_agent.errors import InputError
 
 DEFAULT_VERSION = "unversioned"
 
 
-class BundleInputError(ValueError):
+class BundleInputError(InputError, ValueError):
     """An option or input file does not fit the model being bundled."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_agent.host.source_model import SourceModel
 from edge_agent.host.tensorflow_loader import import_tensorflow
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ IO_TYPES = ("uint8", "int8", "float32")
 ERROR_LINES_KEPT = 6
 
 
-class ConversionError(RuntimeError):
+class ConversionError(InputError, RuntimeError):
     """TensorFlow's converter refused the model (unsupported operation, no int8 kernel, ...)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.runtime.tflite_graph import ModelGraph, OperatorInfo, read_graph
+from edge_agent.errors import EdgeAgentError
 
 COMPILER_NAME = "edgetpu_compiler"
 COMPILER_TIMEOUT_S = 300
@@ -89,7 +90,7 @@ SUPPORTED_OPS: dict[str, str] = {
 }
 
 
-class EdgeTpuCompilerMissing(RuntimeError):
+class EdgeTpuCompilerMissing(EdgeAgentError, RuntimeError):
     """edgetpu_compiler is not installed on this machine."""
 
 

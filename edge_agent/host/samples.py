@@ -27,11 +27,12 @@ from edge_agent.config import PreprocessOptions
 from edge_agent.preprocess import PreprocessError, Preprocessor, image_input_size
 from edge_agent.runtime.model import TensorSpec
 from edge_agent.sources.spec import IMAGE_SUFFIXES
+from edge_agent.errors import InputError
 
 Progress = Callable[[int, int], None]
 
 
-class SampleError(ValueError):
+class SampleError(InputError, ValueError):
     """Calibration or validation data that cannot feed the model (wrong size, channels, empty, unreadable)."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.host.tensorflow_loader import import_keras, import_tensorflow
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class SourceModelError(ValueError):
+class SourceModelError(InputError, ValueError):
     """SRC is not a model this tool can load, or it is ambiguous (several signatures)."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+from edge_agent.errors import InputError
+
 INSTALL_HINT = "pip install 'edge-agent[host]'"
 
 
-class TensorFlowMissing(ImportError):
+class TensorFlowMissing(InputError, ImportError):
     """TensorFlow is not installed (it is only needed on the workstation)."""
 
 

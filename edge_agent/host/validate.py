@@ -30,12 +30,13 @@ from edge_agent.host.samples import (
 )
 from edge_agent.host.source_model import SourceModel
 from edge_agent.runtime.model import LoadedModel, TensorSpec
+from edge_agent.errors import EdgeAgentError
 
 PURPOSE = "--validate"
 WARMUP_INVOKES = 3
 
 
-class AccuracyGateError(RuntimeError):
+class AccuracyGateError(EdgeAgentError, RuntimeError):
     """The converted model is worse than the original by more than --max-accuracy-drop."""
 
     def __init__(self, message: str, report: dict):

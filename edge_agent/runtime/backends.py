@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from edge_agent.errors import EdgeAgentError
+
 RUNTIMES = ("litert", "tflite-runtime")
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
@@ -23,7 +25,7 @@ _INSTALL_HINTS = {
 }
 
 
-class RuntimeNotAvailable(RuntimeError):
+class RuntimeNotAvailable(EdgeAgentError, RuntimeError):
     """The requested interpreter package is not installed or does not import."""
 
 

@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from edge_agent.config import DelegateSpec
+from edge_agent.errors import EdgeAgentError
 
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
@@ -23,7 +24,7 @@ EDGETPU_HELP = (
 )
 
 
-class DelegateError(RuntimeError):
+class DelegateError(EdgeAgentError, RuntimeError):
     """A delegate could not be loaded or applied."""
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.runtime.backends import import_runtime
-from edge_agent.config import DelegateSpec
+from edge_agent.config import TASKS, DelegateSpec
 from edge_agent.runtime.delegates import DelegateError, load_delegate
 from edge_agent.runtime.tflite_file import (
     DETECTION_POSTPROCESS_OP,
@@ -25,13 +25,13 @@ from edge_agent.runtime.tflite_file import (
     ModelFileError,
     read_model_file,
 )
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("classification", "detection", "raw")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InputError, RuntimeError):
     """The model could not be turned into a working interpreter."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.builtin_ops import BUILTIN_OPERATOR_NAMES
+from edge_agent.errors import EdgeAgentError, InputError
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -29,7 +30,7 @@ _INDEXED_LABEL = re.compile(r"^(\d+)(?:\s*:\s*|\s+)(\S.*)$")
 _MAX_LABEL_INDEX = 100_000  # larger "indexes" are part of the label text, not positions
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError, ValueError):
     """The file is missing, unreadable, not TFLite, or damaged."""
 
 
@@ -124,7 +125,7 @@ def model_file_from_bytes(path: str | Path, content: bytes) -> ModelFile:
     )
 
 
-class _Malformed(Exception):
+class _Malformed(EdgeAgentError):
     pass
 
 

@@ -31,6 +31,7 @@ from edge_agent.preprocess import Geometry, Preprocessor
 from edge_agent.records import ClassScore, Detection, ModelRef
 from edge_agent.runtime import LoadedModel, load_model_file, parse_labels
 from edge_agent.service.model_source import apply_manifest, open_model
+from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ BUFFERS_PER_MODEL = 3  # one being filled, one waiting in the slot, one being in
 WARMUP_INVOKES = 3
 
 
-class LabelsError(ValueError):
+class LabelsError(InputError, ValueError):
     """The labels file is missing or does not fit the model."""
 
 

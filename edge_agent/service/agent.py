@@ -18,9 +18,10 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
 from edge_agent.delivery.store import StoreError, pipeline_store
+from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.pipeline import Pipeline
-from edge_agent.service.reload import effective_config, plan_reload
+from edge_agent.service.reload import apply_log_level, effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
 from edge_agent.sinks import Sink
 
@@ -34,8 +35,9 @@ RESTART_JOIN_S = 2.0
 class Agent:
     """Owns every pipeline and sink of one config."""
 
-    def __init__(self, config: AgentConfig, config_path: Path | None = None):
+    def __init__(self, config: AgentConfig, config_path: Path | None = None, log_level_override: str | None = None):
         self.config = config
+        self.log_level_override = log_level_override  # `run --log-level`: wins over the file's log_level
         self.stop_event = threading.Event()
         self.config_path = config_path
         self._reload_requested = threading.Event()
@@ -70,7 +72,7 @@ class Agent:
         try:
             try:
                 self._make_sinks()
-            except ValueError as err:  # MqttSetupError: unreadable password or certificate files
+            except InputError as err:  # MqttSetupError: unreadable password or certificate files
                 logger.error("%s", err)
                 return 2
             self._make_pipelines()
@@ -232,6 +234,9 @@ class Agent:
         plan = plan_reload(self.config, new)
         if plan.ignored:
             logger.warning("reload: %s changed; that takes a restart (systemctl restart edge-agent)", ", ".join(plan.ignored_keys))
+        if new.log_level != self.config.log_level and self.log_level_override is None:
+            apply_log_level(new.log_level)
+            logger.warning("reload: log_level is now %s", new.log_level)
         self.config = effective_config(self.config, new, plan)
         for name in plan.remove:
             self.failed.pop(name, None)

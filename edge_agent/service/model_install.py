@@ -61,8 +61,8 @@ class ModelInstaller:
         config = self.pipeline_config(pipeline)
         settings = self.host.config
         self._verify(path, label)
-        report = selftest_in_child(config, str(path), label, settings.trusted_keys, settings.allow_unsigned_pushes,
-                                   self.settings.selftest_timeout_s, self._stop)
+        report = selftest_in_child(settings, config.name, str(path), label, settings.trusted_keys,
+                                   settings.allow_unsigned_pushes, self.settings.selftest_timeout_s, self._stop)
         self._check_fit(pipeline, report)
         verified({"name": report["name"], "version": report["version"], "sha256": report["sha256"]},
                  f"self-test passed in {report['seconds']:.1f} s")

@@ -4,11 +4,13 @@ Model-only changes (model file, labels, task, thresholds, preprocessing, runtime
 swap the model between two frames; changes to a pipeline's source, sinks or pacing restart
 that pipeline; MQTT, spool, serial, device id and state directory need a restart of the
 agent, because changing them would drop the MQTT session; so do trusted keys and [models]
-(the model updater holds them). `groups` take effect at the next state message.
+(the model updater holds them). `groups` take effect at the next state message, `log_level` at
+once (unless `run --log-level` was given).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields, replace
 
 from edge_agent.config import AgentConfig, PipelineConfig
@@ -62,3 +64,8 @@ def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
 def effective_config(old: AgentConfig, new: AgentConfig, plan: ReloadPlan) -> AgentConfig:
     """The new config, with the agent-level parts that need a restart kept as they run now."""
     return replace(new, **{name: getattr(old, name) for name in plan.ignored})
+
+
+def apply_log_level(level: str) -> None:
+    """Set the level of the root logger (which the CLI configured) to a config's log_level."""
+    logging.getLogger().setLevel(getattr(logging, level.upper()))

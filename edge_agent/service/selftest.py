@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from edge_agent.config import DelegateSpec, PipelineConfig, PreprocessOptions, SourceSpec
+from edge_agent.config import AgentConfig, PipelineConfig, parse_config
+from edge_agent.errors import EdgeAgentError
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +32,30 @@ SYNTHETIC_FRAME_VALUE = 128  # mid-grey: what a camera shows before it has settl
 STDERR_TAIL_CHARS = 400
 
 
-class SelfTestError(Exception):
+class SelfTestError(EdgeAgentError):
     """The model failed its self-test; str(err) is the reason reported to the pusher."""
 
 
-def pipeline_to_dict(config: PipelineConfig) -> dict[str, Any]:
-    return asdict(config)
+def selftest_request(config: AgentConfig, pipeline: str, model_path: str, label: str, trusted_keys: tuple[str, ...],
+                     allow_unsigned_models: bool) -> dict[str, Any]:
+    """What the child is told: the config as it was read from TOML (the child parses it again with
+    the same parser), the pipeline's name, and the trust settings the running agent applies."""
+    return {"config": config.source_toml, "base_dir": config.base_dir, "pipeline": pipeline, "model": model_path,
+            "label": label, "trusted_keys": list(trusted_keys), "allow_unsigned_models": allow_unsigned_models}
 
 
-def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
-    values = dict(data)
-    values["source"] = SourceSpec(**values["source"])
-    values["delegate"] = DelegateSpec(**values["delegate"])
-    options = values["preprocess"]
-    values["preprocess"] = PreprocessOptions(options["resize"], options["color"], tuple(options["mean"]), tuple(options["std"]))
-    values["sinks"] = tuple(values["sinks"])
-    values["preprocess_keys"] = tuple(values["preprocess_keys"])
-    return PipelineConfig(**values)
+def pipeline_from_request(request: dict[str, Any]) -> PipelineConfig:
+    """In the child: the pipeline's config, parsed from the same TOML data as the agent's."""
+    config = parse_config(request["config"], base_dir=Path(request["base_dir"]), source="the agent's configuration")
+    return next(p for p in config.pipelines if p.name == request["pipeline"])
 
 
-def selftest_in_child(config: PipelineConfig, model_path: str, label: str, trusted_keys: tuple[str, ...],
+def selftest_in_child(config: AgentConfig, pipeline: str, model_path: str, label: str, trusted_keys: tuple[str, ...],
                       allow_unsigned_models: bool, timeout_s: float, stop: threading.Event) -> dict[str, Any]:
-    """Run the self-test in a child process; its report, or SelfTestError with the reason."""
-    request = json.dumps({"pipeline": pipeline_to_dict(config), "model": model_path, "label": label,
-                          "trusted_keys": list(trusted_keys), "allow_unsigned_models": allow_unsigned_models})
+    """Run the self-test of `pipeline` in a child process; its report, or SelfTestError with the reason."""
+    # default=str: a TOML date (only possible among delegate options) arrives as the string the delegate gets anyway
+    request = json.dumps(selftest_request(config, pipeline, model_path, label, trusted_keys, allow_unsigned_models),
+                         default=str)
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "edge_agent", "selftest"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -116,7 +117,7 @@ def run_selftest(request: dict[str, Any]) -> dict[str, Any]:
     """In the child: build the model as the pipeline would and run one synthetic frame through it."""
     from edge_agent.service.active_model import build_active_model
 
-    config = pipeline_from_dict(request["pipeline"])
+    config = pipeline_from_request(request)
     active = build_active_model(config, model_path=request["model"], trusted_keys=tuple(request["trusted_keys"]),
                                 allow_unsigned_models=bool(request["allow_unsigned_models"]), label=request.get("label", ""))
     frame = np.full(SYNTHETIC_FRAME_SHAPE, SYNTHETIC_FRAME_VALUE, np.uint8)

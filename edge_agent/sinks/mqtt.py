@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_agent.config import MqttConfig
 from edge_agent.records import Prediction
+from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
     from edge_agent.sinks.spool_sender import SpoolSender
@@ -39,7 +40,7 @@ MAX_INFLIGHT_MESSAGES = 100
 OFFLINE_RESERVE_S = 0.5  # of shutdown_timeout_s, kept for publishing "offline"
 
 
-class MqttSetupError(ValueError):
+class MqttSetupError(InputError, ValueError):
     """The MQTT settings cannot be used (unreadable password or certificate files)."""
 
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.errors import EdgeAgentError
+
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -37,7 +39,7 @@ class SpooledMessage:
     qos: int
 
 
-class SpoolError(RuntimeError):
+class SpoolError(EdgeAgentError, RuntimeError):
     """The spool could not be written (disk full, read-only, I/O error)."""
 
 

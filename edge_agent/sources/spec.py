@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edge_agent.config import SOURCE_KINDS, SourceSpec
+from edge_agent.config import PICAMERA_PATTERN, SourceSpec, uri_kind
+from edge_agent.errors import EdgeAgentError
 
 LIVE_KINDS = frozenset({"camera", "v4l2", "stream", "gstreamer", "picamera2"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-_PICAMERA = re.compile(r"^picamera2?(:(\d+))?$")
 # FFmpeg splits user:password@host at the LAST "@" of the authority, so a raw "@" in a password
 # works for the camera; redact up to that same "@" or part of the password would reach the logs.
 _USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*@")
@@ -18,7 +17,7 @@ _USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*@")
 _QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pass|pwd)=)[^&;#]*", re.IGNORECASE)
 
 
-class SourceError(RuntimeError):
+class SourceError(EdgeAgentError, RuntimeError):
     """A source could not be opened or stopped delivering frames."""
 
 
@@ -35,16 +34,9 @@ def is_live(spec: SourceSpec) -> bool:
 def detect_kind(uri: str) -> str:
     """Recognise a source string: camera index, /dev/video*, URL, pipeline, folder, image, video file."""
     text = uri.strip()
-    if text.isdigit():
-        return "camera"
-    if _PICAMERA.match(text):
-        return "picamera2"
-    if text.lower().startswith(STREAM_SCHEMES):
-        return "stream"
-    if "!" in text:
-        return "gstreamer"
-    if text.startswith("/dev/"):
-        return "v4l2"
+    kind = uri_kind(text)  # camera index, picamera2, stream URL, GStreamer pipeline, /dev/ device
+    if kind is not None:
+        return kind
     path = Path(text)
     if path.is_dir():
         return "folder"
@@ -54,7 +46,7 @@ def detect_kind(uri: str) -> str:
 
 
 def picamera_index(uri: str) -> int:
-    match = _PICAMERA.match(uri.strip())
+    match = PICAMERA_PATTERN.match(uri.strip())
     return int(match.group(2)) if match and match.group(2) else 0
 
 

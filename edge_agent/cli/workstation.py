@@ -1,5 +1,5 @@
-"""The workstation subcommands of `edge-agent`: convert, keys, bundle, edgetpu-check (push and models
-live in host.model_commands).
+"""The workstation's commands: convert, keys, bundle, edgetpu-check (push and models are in
+cli/delivery.py). Each command's arguments are in its `add_<command>` function.
 
 Only `convert` needs TensorFlow (imported when it runs); the others work on a board too.
 Errors end as one line on stderr and an exit status: 2 for bad input (including a bundle
@@ -10,34 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from edge_agent.config import COLOR_ORDERS, RESIZE_MODES
+from edge_agent.cli import EXIT_FAILED, EXIT_OK, fail
+from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, TASKS
 
-logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float32")
-TASKS = ("classification", "detection", "raw")
 
 
-def register_host_commands(commands: argparse._SubParsersAction) -> None:
-    """Add convert, keys, bundle, edgetpu-check, push and models to the `edge-agent` parser."""
-    from edge_agent.host.model_commands import register_model_commands
-
-    _add_convert(commands)
-    _add_keys(commands)
-    _add_bundle(commands)
-    _add_edgetpu_check(commands)
-    register_model_commands(commands)
-
-
-def _fail(message: str, status: int = EXIT_USAGE) -> int:
-    print(f"edge-agent: {message}", file=sys.stderr)
-    return status
+def register(commands: argparse._SubParsersAction) -> None:
+    add_convert(commands)
+    add_keys(commands)
+    add_bundle(commands)
+    add_edgetpu_check(commands)
 
 
 def _add_preprocess_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -63,7 +50,7 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 # ---------------------------------------------------------------------------- convert
 
-def _add_convert(commands: argparse._SubParsersAction) -> None:
+def add_convert(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "convert", help="convert a SavedModel/.keras/.h5 to TFLite, validate it, check Edge TPU readiness (needs edge-agent[host])",
         description="Convert a SavedModel folder, .keras or .h5 file to .tflite; optionally validate it against "
@@ -113,9 +100,9 @@ def _convert_command(args: argparse.Namespace) -> int:
         if args.report_json:
             write_report_json(args.report_json, err.report)
         print(format_summary(err.report), file=sys.stderr)
-        return _fail(str(err), EXIT_FAILED)
+        return fail(str(err), EXIT_FAILED)
     except HOST_INPUT_ERRORS as err:
-        return _fail(str(err))
+        return fail(str(err))
     print(format_summary(report))
     if args.report_json:
         write_report_json(args.report_json, report)
@@ -124,7 +111,7 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- keys
 
-def _add_keys(commands: argparse._SubParsersAction) -> None:
+def add_keys(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="signing keys for model bundles")
     actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     generate = actions.add_parser("generate", help="write NAME.key (private, mode 0600) and NAME.pub (public)")
@@ -134,12 +121,12 @@ def _add_keys(commands: argparse._SubParsersAction) -> None:
 
 
 def _keys_generate_command(args: argparse.Namespace) -> int:
-    from edge_agent.delivery.keys import SigningKeyError, generate_key_pair, load_public_key
+    from edge_agent.delivery.keys import generate_key_pair, load_public_key
 
     try:
         private_path, public_path = generate_key_pair(args.name, overwrite=args.force)
-    except (SigningKeyError, OSError) as err:
-        return _fail(str(err))
+    except OSError as err:  # the key files cannot be written where the user asked (our errors end in main)
+        return fail(str(err))
     key_id = load_public_key(public_path).key_id
     print(f"wrote {private_path} (private, mode 0600: keep it secret) and {public_path} (key id {key_id}: "
           "list it in the board's trusted_keys)")
@@ -148,7 +135,7 @@ def _keys_generate_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- bundle
 
-def _add_bundle(commands: argparse._SubParsersAction) -> None:
+def add_bundle(commands: argparse._SubParsersAction) -> None:
     bundle = commands.add_parser("bundle", help="create, sign and verify model bundles (.eab)")
     actions = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
 
@@ -179,9 +166,8 @@ def _add_bundle(commands: argparse._SubParsersAction) -> None:
 
 def _bundle_create_command(args: argparse.Namespace) -> int:
     from edge_agent.atomic_file import write_file_atomically
-    from edge_agent.host.bundling import BundleInputError, BundleRequest, create_bundle_bytes
-    from edge_agent.delivery.keys import SigningKeyError, load_private_key
-    from edge_agent.runtime.tflite_file import ModelFileError
+    from edge_agent.host.bundling import BundleRequest, create_bundle_bytes
+    from edge_agent.delivery.keys import load_private_key
 
     overrides = {k: v for k, v in (("resize", args.resize), ("color", args.color), ("mean", args.mean),
                                    ("std", args.std)) if v is not None}
@@ -190,8 +176,8 @@ def _bundle_create_command(args: argparse.Namespace) -> int:
         key = load_private_key(args.key) if args.key else None
         content, manifest, signature = create_bundle_bytes(request, key)
         write_file_atomically(args.output, content)
-    except (BundleInputError, ModelFileError, SigningKeyError, OSError) as err:
-        return _fail(str(err))
+    except OSError as err:  # a file the user named cannot be read or written
+        return fail(str(err))
     signed = f"signed by key {signature.key_id}" if signature else "UNSIGNED (sign it with `edge-agent bundle sign`)"
     print(f"wrote {args.output}: {manifest.name} {manifest.version}, {manifest.task}, "
           f"model sha256 {manifest.model_sha256[:16]}…, {signed}")
@@ -201,8 +187,8 @@ def _bundle_create_command(args: argparse.Namespace) -> int:
 def _bundle_sign_command(args: argparse.Namespace) -> int:
     from edge_agent.atomic_file import write_file_atomically
     from edge_agent.host.bundling import resign_bundle_bytes
-    from edge_agent.delivery.bundle import BundleError, read_bundle
-    from edge_agent.delivery.keys import SigningKeyError, load_private_key
+    from edge_agent.delivery.bundle import read_bundle
+    from edge_agent.delivery.keys import load_private_key
 
     output = args.output or args.bundle
     try:
@@ -210,22 +196,19 @@ def _bundle_sign_command(args: argparse.Namespace) -> int:
         bundle = read_bundle(args.bundle)
         content, signature = resign_bundle_bytes(bundle, key)
         write_file_atomically(output, content)
-    except (BundleError, SigningKeyError, OSError) as err:
-        return _fail(str(err))
+    except OSError as err:  # a file the user named cannot be read or written
+        return fail(str(err))
     print(f"wrote {output}: {bundle.manifest.name} {bundle.manifest.version} signed by key {signature.key_id}")
     return EXIT_OK
 
 
 def _bundle_verify_command(args: argparse.Namespace) -> int:
-    from edge_agent.delivery.bundle import BundleError, check_trust, read_bundle
-    from edge_agent.delivery.keys import SigningKeyError, load_public_key
+    from edge_agent.delivery.bundle import check_trust, read_bundle
+    from edge_agent.delivery.keys import load_public_key
 
-    try:
-        keys = [load_public_key(path) for path in args.trusted_key]
-        bundle = read_bundle(args.bundle)
-        key = check_trust(bundle, keys)
-    except (BundleError, SigningKeyError) as err:
-        return _fail(str(err))
+    keys = [load_public_key(path) for path in args.trusted_key]
+    bundle = read_bundle(args.bundle)
+    key = check_trust(bundle, keys)  # BundleError, SigningKeyError: exit 2, in main
     manifest = bundle.manifest
     if args.json:
         print(json.dumps({"ok": True, "signed_by": key.key_id, "key_file": key.source, "manifest": manifest.to_dict()}))
@@ -237,7 +220,7 @@ def _bundle_verify_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- edgetpu-check
 
-def _add_edgetpu_check(commands: argparse._SubParsersAction) -> None:
+def add_edgetpu_check(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("edgetpu-check", help="which operators of a .tflite the Edge TPU compiler can map")
     parser.add_argument("model", type=Path, metavar="MODEL.tflite")
     parser.add_argument("--compile", action="store_true", help="also run edgetpu_compiler, if installed, and show its log")
@@ -247,13 +230,10 @@ def _add_edgetpu_check(commands: argparse._SubParsersAction) -> None:
 
 def _edgetpu_check_command(args: argparse.Namespace) -> int:
     from edge_agent.host.edgetpu import COMPILER_HELP, analyse_readiness, format_readiness, run_compiler, find_compiler
-    from edge_agent.runtime.tflite_file import ModelFileError, read_model_file
+    from edge_agent.runtime.tflite_file import read_model_file
 
-    try:
-        model_file = read_model_file(args.model)
-        readiness = analyse_readiness(model_file.content, str(args.model))
-    except ModelFileError as err:
-        return _fail(str(err))
+    model_file = read_model_file(args.model)  # ModelFileError: exit 2, in main
+    readiness = analyse_readiness(model_file.content, str(args.model))
     result = {"model": str(args.model), "edgetpu": readiness.to_dict()}
     if args.compile:
         if find_compiler() is None:

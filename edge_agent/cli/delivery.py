@@ -1,9 +1,10 @@
-"""The `edge-agent push` and `edge-agent models {rollback,list}` subcommands.
+"""The model delivery commands: `edge-agent push` and `edge-agent models {rollback,list}`.
 
 `push` and `models rollback` talk to boards over MQTT from the workstation; `models list`
 reads a board's model store locally. Exit status: 0 when every device did what was asked,
 1 when one did not (rejected, rolled back, no answer) or the broker cannot be reached,
-2 for bad arguments or a bundle that is not whole.
+2 for bad arguments or a bundle that is not whole. Each command's arguments are in its
+`add_<command>` function.
 """
 
 from __future__ import annotations
@@ -13,23 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
+from edge_agent.cli import BROKER_HELP, DEFAULT_BROKER, EXIT_FAILED, EXIT_OK, broker_address, fail
+from edge_agent.config import DEFAULT_CONFIG_PATH
+from edge_agent.errors import InputError
 
 
-def register_model_commands(commands: argparse._SubParsersAction) -> None:
-    _add_push(commands)
-    _add_models(commands)
-
-
-def _fail(message: str, status: int = EXIT_USAGE) -> int:
-    print(f"edge-agent: {message}", file=sys.stderr)
-    return status
+def register(commands: argparse._SubParsersAction) -> None:
+    add_push(commands)
+    add_models(commands)
 
 
 def _add_broker_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("broker")
-    group.add_argument("--broker", default="localhost:1883", help="MQTT broker HOST:PORT (default localhost:1883)")
+    group.add_argument("--broker", type=broker_address, default=DEFAULT_BROKER, help=BROKER_HELP)
     group.add_argument("--prefix", default="edge", help="the agents' mqtt.topic_prefix (default edge)")
     group.add_argument("--username", default="", help="MQTT user name")
     group.add_argument("--password-file", type=Path, help="a file holding the MQTT password")
@@ -38,21 +35,19 @@ def _add_broker_options(parser: argparse.ArgumentParser) -> None:
 def _broker(args: argparse.Namespace):
     from edge_agent.host.fleet import BrokerAddress
 
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--broker: expected HOST:PORT, got {args.broker!r}")
     password = None
     if args.password_file:
         try:
             password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as err:
-            raise ValueError(f"--password-file {args.password_file} cannot be read: {err.strerror}") from None
-    return BrokerAddress(host, int(port), args.username, password)
+            raise InputError(f"--password-file {args.password_file} cannot be read: {err.strerror}") from None
+    host, port = args.broker
+    return BrokerAddress(host, port, args.username, password)
 
 
 # ---------------------------------------------------------------------------- push
 
-def _add_push(commands: argparse._SubParsersAction) -> None:
+def add_push(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("push", help="send a model bundle to boards over MQTT, verified and hot-swapped there",
                                  description="Send a bundle to one board, several, or a group over the MQTT broker the "
                                              "boards use; each verifies, self-tests and hot-swaps it, or says why not.")
@@ -76,18 +71,18 @@ def _push_command(args: argparse.Namespace) -> int:
     from edge_agent.host.fleet import read_fleet
     from edge_agent.host.progress import ProgressBoard
     from edge_agent.host.push import NO_ANSWER, Pusher, PushOptions, PushResult, format_results
-    from edge_agent.delivery.bundle import BundleError, read_bundle
+    from edge_agent.delivery.bundle import read_bundle
     from edge_agent.delivery.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
     chunk_size = args.chunk_kb * 1024
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        return _fail(f"--chunk-kb: expected 1 to {MAX_CHUNK_SIZE // 1024}, got {args.chunk_kb}")
+        return fail(f"--chunk-kb: expected 1 to {MAX_CHUNK_SIZE // 1024}, got {args.chunk_kb}")
+    broker = _broker(args)
+    bundle = read_bundle(args.bundle)  # never send a damaged file: the boards would only refuse it (exit 2, in main)
     try:
-        broker = _broker(args)
-        bundle = read_bundle(args.bundle)  # never send a damaged file: the boards would only refuse it
         content = args.bundle.read_bytes()
-    except (ValueError, BundleError, OSError) as err:
-        return _fail(str(err))
+    except OSError as err:
+        return fail(str(err))
     offline: list[str] = []
     try:
         if args.group:
@@ -95,7 +90,7 @@ def _push_command(args: argparse.Namespace) -> int:
             devices = [d for d in fleet.members(args.group) if d not in fleet.offline]
             offline = [d for d in fleet.members(args.group) if d in fleet.offline]
             if not devices and not offline:
-                return _fail(f"no device announces group {args.group!r} on {broker.label} (prefix {args.prefix!r}): "
+                return fail(f"no device announces group {args.group!r} on {broker.label} (prefix {args.prefix!r}): "
                              "check the boards' `groups` setting", EXIT_FAILED)
         else:
             devices = list(dict.fromkeys(args.device))
@@ -106,7 +101,7 @@ def _push_command(args: argparse.Namespace) -> int:
         options = PushOptions(broker, args.prefix, args.pipeline, chunk_size, timeout_s=args.timeout, watch_s=args.watch)
         results = Pusher(content, devices, options, ProgressBoard(devices), args.bundle.name).run() if devices else []
     except ConnectionError as err:
-        return _fail(str(err), EXIT_FAILED)
+        return fail(str(err), EXIT_FAILED)
     results += [PushResult(d, NO_ANSWER, "offline (its retained status says so)") for d in offline]
     results.sort(key=lambda r: r.device)
     print(json.dumps([r.to_dict() for r in results]) if args.json else format_results(results))
@@ -115,7 +110,7 @@ def _push_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- models
 
-def _add_models(commands: argparse._SubParsersAction) -> None:
+def add_models(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="the models pushed to a board: list them, roll back")
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
@@ -129,7 +124,7 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
     listing = actions.add_parser("list", help="the models in this board's store, newest first")
     where = listing.add_mutually_exclusive_group()
-    where.add_argument("--config", type=Path, help=f"the agent's config, for its state_dir (default {DEFAULT_CONFIG})")
+    where.add_argument("--config", type=Path, help=f"the agent's config, for its state_dir (default {DEFAULT_CONFIG_PATH})")
     where.add_argument("--state-dir", type=Path, help="the agent's state directory")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
     listing.set_defaults(handler=_list_command)
@@ -142,23 +137,18 @@ def _rollback_command(args: argparse.Namespace) -> int:
     try:
         results = request_rollback(list(dict.fromkeys(args.device)), _broker(args), args.prefix, args.pipeline,
                                    args.timeout)
-    except ValueError as err:
-        return _fail(str(err))
     except ConnectionError as err:
-        return _fail(str(err), EXIT_FAILED)
+        return fail(str(err), EXIT_FAILED)
     print(json.dumps([r.to_dict() for r in results]) if args.json else format_results(results, success=ROLLED_BACK))
     return EXIT_OK if all(r.result == ROLLED_BACK for r in results) else EXIT_FAILED
 
 
 def _list_command(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config
-    from edge_agent.delivery.store import StoreError, list_stores
+    from edge_agent.delivery.store import list_stores
 
-    state_dir = args.state_dir or Path(load_config(args.config or DEFAULT_CONFIG).state_dir)
-    try:
-        stores = list_stores(state_dir)
-    except StoreError as err:
-        return _fail(str(err), EXIT_FAILED)
+    state_dir = args.state_dir or Path(load_config(args.config or DEFAULT_CONFIG_PATH).state_dir)
+    stores = list_stores(state_dir)  # StoreError: exit 1, in main
     if args.json:
         print(json.dumps({"state_dir": str(state_dir), "pipelines": {
             name: [dict(vars(m), role="active" if i == 0 else "previous") for i, m in enumerate(history)]
