@@ -10,18 +10,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
-import tempfile
 import warnings
 from typing import Callable, Iterator
 
 import numpy as np
 
 from edge_agent.host.source_model import SourceModel
-from edge_agent.host.tensorflow_loader import import_tensorflow
+from edge_agent.host.tensorflow_loader import import_tensorflow, native_stderr_to_debug_log
 from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +28,7 @@ ERROR_LINES_KEPT = 6
 
 
 class ConversionError(InputError, RuntimeError):
-    """TensorFlow's converter refused the model (unsupported operation, no int8 kernel, ...)."""
+    """The converter (TensorFlow's, or onnx2tf for ONNX) refused the model (unsupported operation, no int8 kernel, ...)."""
 
 
 def convert_to_tflite(source: SourceModel, quantize: str, io_type: str = "uint8",
@@ -43,8 +39,8 @@ def convert_to_tflite(source: SourceModel, quantize: str, io_type: str = "uint8"
     if quantize == "int8" and representative is None:
         raise ValueError("int8 quantisation needs a representative dataset (--calibration)")
     tf = import_tensorflow()
-    with _native_stderr_to_debug_log():  # TF warns about the (intended) path without a trackable object
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([source.concrete_function], source.trackable)
+    with native_stderr_to_debug_log():  # TF warns about the (intended) path without a trackable object
+        converter = source.make_converter()
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -57,7 +53,7 @@ def convert_to_tflite(source: SourceModel, quantize: str, io_type: str = "uint8"
         io_dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
         converter.inference_input_type = io_dtype
         converter.inference_output_type = io_dtype
-    with _native_stderr_to_debug_log(), warnings.catch_warnings():
+    with native_stderr_to_debug_log(), warnings.catch_warnings():
         # TF warns that uint8/int8 inputs have no "statistics"; calibration supplies them.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         try:
@@ -74,27 +70,3 @@ def _explain(err: Exception, quantize: str) -> str:
     if quantize == "int8" and ("quantiz" in text.lower() or "int8" in text.lower() or "not supported" in text.lower()):
         hint = " -- an operator has no full-integer kernel: try --quantize dynamic, or replace that layer"
     return f"TensorFlow could not convert the model: {text[:900]}{hint}"
-
-
-@contextlib.contextmanager
-def _native_stderr_to_debug_log() -> Iterator[None]:
-    """Send what TF prints on fd 2 (C++ logs such as 'fully_quantize: 0, ...', Python warnings) to the
-    debug log instead of the terminal, where the command prints only its own summary and errors."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace").strip()
-            if text:
-                logger.debug("TensorFlow printed:\n%s", text)
