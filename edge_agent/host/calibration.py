@@ -1,8 +1,10 @@
 """The representative dataset for full-integer quantisation, prepared exactly as the board prepares frames.
 
-`--calibration` names a folder of images (searched recursively) or a .npy file (see
-`edge_agent.host.samples` for what each may hold). At most `limit` samples are used,
-evenly spread over the sorted set so the choice is reproducible.
+`--calibration` names a folder of images (searched recursively), a .npy file, or a video
+clip from the camera (any file OpenCV reads; see `edge_agent.host.samples` for what each
+may hold). At most `limit` samples are used, evenly spread over the sorted set (or through
+the clip) so the choice is reproducible. Images and video frames become model inputs
+through the board's own Preprocessor.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from edge_agent.host.samples import (
     list_images,
     load_array_file,
     read_images,
+    read_video_frames,
     samples_from_array,
+    spread_indexes,
 )
 from edge_agent.runtime.model import TensorSpec
 from edge_agent.sources.spec import IMAGE_SUFFIXES
@@ -42,13 +46,18 @@ def load_calibration(path: Path, spec: TensorSpec, options: PreprocessOptions, l
                 f"{PURPOSE}: {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); an empty calibration "
                 "set cannot calibrate: add a few hundred images like the camera's"
             )
-        images = [images[i] for i in _spread(len(images), limit)]
+        images = [images[i] for i in spread_indexes(len(images), limit)]
         return SampleSet(str(path), frames=read_images(images, spec, PURPOSE, progress))
-    if path.suffix.lower() != ".npy":
-        raise SampleError(f"{PURPOSE}: {path} is neither a folder of images nor a .npy file")
-    array = load_array_file(path, PURPOSE)["x"]
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise SampleError(f"{PURPOSE}: {path} is one image; calibration needs many: pass the folder of images")
+    if path.suffix.lower() not in (".npy", ".npz"):
+        return SampleSet(str(path), frames=read_video_frames(path, spec, PURPOSE, limit, progress))
+    arrays = load_array_file(path, PURPOSE)
+    if "x" not in arrays:
+        raise SampleError(f"{PURPOSE}: {path} has no array 'x' (it has {', '.join(sorted(arrays)) or 'none'})")
+    array = arrays["x"]
     samples = samples_from_array(array, spec, options, str(path), PURPOSE)
-    samples = samples.subset(_spread(len(samples), limit))
+    samples = samples.subset(spread_indexes(len(samples), limit))
     if progress:
         progress(len(samples), len(samples))
     return samples
@@ -61,7 +70,3 @@ def representative_dataset(samples: SampleSet, spec: TensorSpec, options: Prepro
     return lambda: ([x] for x in prepared)
 
 
-def _spread(count: int, limit: int) -> np.ndarray:
-    if count <= limit:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))

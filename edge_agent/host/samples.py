@@ -9,6 +9,8 @@ Accepted inputs:
   image files      any size OpenCV decodes, resized like camera frames; refused when smaller
                    than the model input (the board never sees such upscaled blur) or grey
                    while the model takes colour
+  a video file     any file OpenCV's VideoCapture reads (.mp4, .avi, .mkv, ...): frames picked
+                   evenly through the clip, the same size rule as images
   .npy / .npz `x`  uint8 [N, H, W] or [N, H, W, C]: pixels at the model's input size, channels
                    in the model's colour order (--color); normalised like camera frames
                    float [N, ...]: already preprocessed, used as they are; must match the input shape
@@ -125,6 +127,73 @@ def _read_image(path: Path, height: int, width: int, channels: int, purpose: str
     if image_channels != 3:
         raise SampleError(f"{purpose}: {path} has {image_channels} channels; expected grey, colour or colour+alpha")
     return image
+
+
+def read_video_frames(path: Path, spec: TensorSpec, purpose: str, limit: int,
+                      progress: Progress | None = None) -> list[np.ndarray]:
+    """At most `limit` BGR frames spread evenly through the video at `path`, as a board's file source reads them.
+
+    The frames are counted by decoding (container frame counts are often wrong), then the chosen
+    ones are decoded in a second pass, so a long clip is never held in memory whole.
+    """
+    height, width, channels = image_size_of(spec, purpose)
+    count = _count_frames(path)
+    if count == 0:
+        raise SampleError(f"{purpose}: {path} has no frame OpenCV can read (not a video, an unsupported codec, or "
+                          "empty): pass a clip OpenCV plays, a folder of images or a .npy")
+    wanted = set(spread_indexes(count, limit).tolist())
+    capture = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    try:
+        for number in range(count):
+            if not capture.grab():
+                break
+            if number not in wanted:
+                continue
+            ok, frame = capture.retrieve()
+            if not ok or frame is None:
+                continue
+            frames.append(_video_frame(frame, path, number, height, width, channels, purpose))
+            if progress:
+                progress(len(frames), len(wanted))
+    finally:
+        capture.release()
+    if not frames:
+        raise SampleError(f"{purpose}: {path}: no frame could be decoded: re-encode the clip (e.g. H.264 or MJPG)")
+    return frames
+
+
+def _count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return 0
+        count = 0
+        while capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+def _video_frame(frame: np.ndarray, path: Path, number: int, height: int, width: int, channels: int,
+                 purpose: str) -> np.ndarray:
+    if frame.shape[0] < height or frame.shape[1] < width:
+        raise SampleError(f"{purpose}: {path} is {frame.shape[1]}x{frame.shape[0]} but the model input is "
+                          f"{width}x{height}; frames smaller than the input are refused: use a clip at least the "
+                          "input size")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)  # as the board's OpenCV source does
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame.copy()
+
+
+def spread_indexes(count: int, limit: int) -> np.ndarray:
+    """At most `limit` indexes evenly spread over range(count), first and last included (reproducible)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
 
 
 def samples_from_array(array: np.ndarray, spec: TensorSpec, options: PreprocessOptions, source: str,
