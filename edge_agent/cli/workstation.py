@@ -52,11 +52,14 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def add_convert(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "convert", help="convert a SavedModel/.keras/.h5 to TFLite, validate it, check Edge TPU readiness (needs edge-agent[host])",
-        description="Convert a SavedModel folder, .keras or .h5 file to .tflite; optionally validate it against "
-                    "the original and gate on accuracy. Needs TensorFlow: pip install 'edge-agent[host]'.",
+        "convert", help="convert a SavedModel/.keras/.h5/frozen graph/ONNX model to TFLite, prune, validate, check "
+                        "Edge TPU readiness (needs edge-agent[host])",
+        description="Convert a SavedModel folder, .keras or .h5 file, TF1 frozen graph .pb or .onnx file to .tflite; "
+                    "optionally prune it, validate it against the original and gate on accuracy. Needs TensorFlow: "
+                    "pip install 'edge-agent[host]'.",
     )
-    parser.add_argument("source", type=Path, metavar="SRC", help="SavedModel folder, .keras file or .h5 file")
+    parser.add_argument("source", type=Path, metavar="SRC",
+                        help="SavedModel folder, .keras, .h5, TF1 frozen graph .pb or .onnx file")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the .tflite to write")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
                         help="none: float32; float16: float16 weights; dynamic: int8 weights; int8: full integer "
@@ -64,10 +67,24 @@ def add_convert(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--io-type", choices=IO_TYPES, default="uint8",
                         help="int8 only: type of the model's inputs and outputs (default uint8)")
     parser.add_argument("--calibration", type=Path, metavar="DATA",
-                        help="int8: representative data: a folder of images or a .npy file")
+                        help="int8: representative data: a folder of images, a .npy file, or a video clip "
+                             "(any file OpenCV reads; frames picked evenly)")
     parser.add_argument("--calibration-limit", type=int, default=300, metavar="N",
                         help="use at most N calibration samples, evenly spread (default 300)")
     parser.add_argument("--signature", help="SavedModel signature to convert (when it has several)")
+    graph = parser.add_argument_group("frozen graphs and ONNX (toco's names and syntax)")
+    graph.add_argument("--input-arrays", metavar="NAME[,NAME...]", help="frozen graph: the input nodes (':0' accepted)")
+    graph.add_argument("--output-arrays", metavar="NAME[,NAME...]", help="frozen graph: the output nodes")
+    graph.add_argument("--input-shapes", metavar="1,224,224,3[:1,...]",
+                       help="one shape per input, ':' apart: fixes sizes the model leaves open (ONNX: in its own "
+                            "layout, e.g. 1,3,224,224)")
+    prune = parser.add_argument_group("pruning (Keras sources, tensorflow-model-optimization)")
+    prune.add_argument("--prune", type=float, metavar="SPARSITY",
+                       help="set this fraction of the weights to zero (0 < SPARSITY < 1) by magnitude pruning")
+    prune.add_argument("--fine-tune", type=Path, metavar="DATA",
+                       help="labelled training data for pruning, in the --validate formats")
+    prune.add_argument("--fine-tune-epochs", type=int, default=5, metavar="N",
+                       help="epochs of fine-tuning while pruning (default 5)")
     parser.add_argument("--labels", type=Path, help="labels file (one per line), stored in the model")
     parser.add_argument("--task", choices=TASKS, help="what the outputs mean (default: guessed from them)")
     _add_preprocess_options(parser, defaults=True)
@@ -86,14 +103,21 @@ def add_convert(commands: argparse._SubParsersAction) -> None:
 def _convert_command(args: argparse.Namespace) -> int:
     from edge_agent.host.progress import ProgressBar
     from edge_agent.host.report import format_summary, write_report_json
+    from edge_agent.host.frozen_graph import parse_array_names, parse_input_shapes
     from edge_agent.host.workflow import AccuracyGateError, ConvertRequest, HOST_INPUT_ERRORS, run_convert
 
-    request = ConvertRequest(
-        source=args.source, output=args.output, quantize=args.quantize, io_type=args.io_type,
-        calibration=args.calibration, calibration_limit=args.calibration_limit, signature=args.signature,
-        labels=args.labels, task=args.task, resize=args.resize, color=args.color, mean=args.mean, std=args.std,
-        validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads, edgetpu=args.edgetpu,
-    )
+    try:
+        request = ConvertRequest(
+            source=args.source, output=args.output, quantize=args.quantize, io_type=args.io_type,
+            calibration=args.calibration, calibration_limit=args.calibration_limit, signature=args.signature,
+            labels=args.labels, task=args.task, resize=args.resize, color=args.color, mean=args.mean, std=args.std,
+            validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
+            edgetpu=args.edgetpu, input_arrays=parse_array_names(args.input_arrays),
+            output_arrays=parse_array_names(args.output_arrays), input_shapes=parse_input_shapes(args.input_shapes),
+            prune=args.prune, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+        )
+    except ValueError as err:
+        return _fail(str(err))
     try:
         report = run_convert(request, progress=ProgressBar)
     except AccuracyGateError as err:

@@ -14,10 +14,9 @@ import json
 import zipfile
 from typing import Any
 
-from edge_agent.runtime.tflite_file import ModelFile
+from edge_agent.runtime.tflite_file import CONVERSION_INFO_FILE, ModelFile
 
 LABELS_FILE = "labels.txt"
-CONVERSION_INFO_FILE = "edge_agent_conversion.json"
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -43,11 +42,4 @@ def conversion_info_bytes(info: dict[str, Any]) -> bytes:
 
 def read_conversion_info(model_file: ModelFile) -> dict[str, Any]:
     """What `edge-agent convert` recorded in the model, or {} for models made elsewhere."""
-    data = model_file.attached_files.get(CONVERSION_INFO_FILE)
-    if not data:
-        return {}
-    try:
-        info = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    return model_file.conversion_info

@@ -1,10 +1,13 @@
 """The convert report: one dict for JSON (CI) and a text summary for people.
 
-JSON keys (null when not measured): source, output, quantize, io_type, size_bytes_original,
-size_bytes_converted, size_ratio, operators, inputs, outputs, task, calibration {source,
-samples}, validation {...}, and at the top level for CI scripts: accuracy_original,
-accuracy_converted, accuracy_drop, agreement_top1, max_abs_diff, mean_abs_diff,
-latency_ms_mean, max_accuracy_drop, passed; edgetpu (readiness, int8 only),
+JSON keys (null when not measured): source, source_kind, source_format (savedmodel | keras |
+h5 | frozen_graph | onnx), output, quantize, io_type, size_bytes_original,
+size_bytes_converted (= size_bytes), size_compressed_bytes (gzip -9 of the written file),
+size_ratio, sparsity (fraction of zero convolution/dense weights in the written model),
+input_layout (ONNX: NCHW -> NHWC), operators, inputs, outputs, task, calibration {source,
+samples}, validation {...}, pruning {...} (with --prune), and at the top level for CI
+scripts: accuracy_original, accuracy_converted, accuracy_drop, agreement_top1, max_abs_diff,
+mean_abs_diff, latency_ms_mean, max_accuracy_drop, passed; edgetpu (readiness, int8 only),
 edgetpu_compiler (with --edgetpu), versions.
 """
 
@@ -19,6 +22,7 @@ from edge_agent.host.edgetpu import Readiness
 from edge_agent.host.samples import SampleSet
 from edge_agent.host.source_model import SourceModel
 from edge_agent.host.validate import ValidationResult
+from edge_agent.host.weights import WeightSparsity
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.tflite_file import model_file_from_bytes
 
@@ -31,20 +35,26 @@ TOP_LEVEL_METRICS = ("accuracy_original", "accuracy_converted", "accuracy_drop",
 
 def build_report(request: ConvertRequest, source: SourceModel, final: bytes, loaded: LoadedModel,
                  calibration: SampleSet | None, validation: ValidationResult | None, readiness: Readiness | None,
-                 info: dict[str, Any]) -> dict[str, Any]:
+                 info: dict[str, Any], sparsity: WeightSparsity, size_compressed_bytes: int,
+                 pruning: dict[str, Any] | None) -> dict[str, Any]:
     model_file = model_file_from_bytes(request.output, final)
     validation_dict = validation.to_dict() if validation else None
     report: dict[str, Any] = {
         "source": str(request.source),
         "source_kind": source.kind,
+        "source_format": source.source_format,
         "signature": source.signature,
+        "input_layout": source.layout,
         "output": str(request.output),
         "quantize": request.quantize,
         "io_type": request.io_type if request.quantize == "int8" else None,
         "task": info["task"],
         "size_bytes_original": source.size_bytes,
         "size_bytes_converted": len(final),
+        "size_bytes": len(final),
+        "size_compressed_bytes": size_compressed_bytes,
         "size_ratio": round(len(final) / source.size_bytes, 4) if source.size_bytes else None,
+        "sparsity": round(sparsity.sparsity, 6) if sparsity.sparsity is not None else None,
         "sha256": model_file.sha256,
         "operators": model_file.operator_counts,
         "inputs": [spec.describe() for spec in loaded.inputs],
@@ -53,6 +63,7 @@ def build_report(request: ConvertRequest, source: SourceModel, final: bytes, loa
         "preprocessing": info["preprocessing"],
         "calibration": {"source": calibration.source, "samples": len(calibration)} if calibration else None,
         "validation": validation_dict,
+        "pruning": pruning,
         "max_accuracy_drop": request.max_accuracy_drop,
         "passed": True,
         "edgetpu": readiness.to_dict() if readiness else None,
@@ -70,10 +81,12 @@ def write_report_json(path: Path, report: dict[str, Any]) -> None:
 def format_summary(report: dict[str, Any]) -> str:
     """The report as text for people."""
     lines = [
-        f"converted  {report['source']} ({report['source_kind']}) -> {report['output']}",
+        f"converted  {report['source']} ({report['source_format']}) -> {report['output']}",
         f"quantize   {report['quantize']}" + (f", inputs/outputs {report['io_type']}" if report["io_type"] else ""),
         f"size       {_size(report['size_bytes_original'])} -> {_size(report['size_bytes_converted'])}"
-        + (f" ({report['size_ratio'] * 100:.0f} %)" if report["size_ratio"] else ""),
+        + (f" ({report['size_ratio'] * 100:.0f} %)" if report["size_ratio"] else "")
+        + f", {_size(report['size_compressed_bytes'])} gzipped"
+        + (f"; {report['sparsity'] * 100:.1f} % of the weights are zero" if report.get("sparsity") else ""),
         "operators  " + ", ".join(f"{name}×{count}" for name, count in report["operators"].items()),
     ]
     for kind in ("inputs", "outputs"):
@@ -81,6 +94,24 @@ def format_summary(report: dict[str, Any]) -> str:
             quant = spec["quantization"]
             quant_text = f" scale={quant['scale']:.6g} zero_point={quant['zero_point']}" if quant else ""
             lines.append(f"{kind[:-1]:<10} {spec['name']} {spec['shape']} {spec['dtype']}{quant_text}")
+    layout = report.get("input_layout")
+    if layout and layout.get("nchw_to_nhwc"):
+        before = layout["onnx_inputs"][0]
+        after = layout["converted_inputs"][0]
+        lines.append(f"layout     ONNX input {before['name']} {before['shape']} NCHW -> {after['shape']} NHWC, the "
+                     "layout of camera frames")
+    pruning = report.get("pruning")
+    if pruning:
+        pruned, unpruned = pruning["pruned"], pruning["unpruned"]
+        lines.append(f"pruned     to {pruning['sparsity'] * 100:.1f} % zero weights (target "
+                     f"{pruning['target_sparsity'] * 100:.0f} %), fine-tuned {pruning['epochs']} epochs on "
+                     f"{pruning['fine_tune_samples']} samples")
+        lines.append(f"  gzipped  {_size(unpruned['size_compressed_bytes'])} unpruned -> "
+                     f"{_size(pruned['size_compressed_bytes'])} pruned")
+        for name, numbers in (("unpruned", unpruned["latency"]), ("pruned", pruned["latency"])):
+            lines.append(f"  latency  {name}: " + ", ".join(
+                f"{key[:-3].replace('_', ' ')} {value:.4f} ms" for key, value in numbers.items()
+                if key.endswith("_ms") and value is not None))
     lines.append(f"task       {report['task']}" + (f", {len(report['labels'])} labels stored in the model" if report["labels"] else ""))
     if report["calibration"]:
         lines.append(f"calibrated on {report['calibration']['samples']} samples from {report['calibration']['source']}")

@@ -22,6 +22,7 @@ def inspect_model(path: str | Path, runtime: str = "auto") -> dict:
         "needs_edgetpu": model_file.needs_edgetpu,
         "metadata": list(model_file.metadata_names),
         "labels": model_file.labels,
+        "converted_from": _converted_from(model_file.conversion_info),
     }
     try:
         report["runtime"] = import_runtime(runtime)[0]
@@ -47,6 +48,14 @@ def inspect_model(path: str | Path, runtime: str = "auto") -> dict:
     return report
 
 
+def _converted_from(info: dict) -> dict | None:
+    """The source format and input layout `edge-agent convert` recorded, e.g. an ONNX model's NCHW -> NHWC."""
+    if not info:
+        return None
+    layout = info.get("input_layout") if isinstance(info.get("input_layout"), dict) else None
+    return {"source_format": info.get("source_format") or info.get("source_kind"), "input_layout": layout}
+
+
 def format_report(report: dict) -> str:
     """The report as text for people."""
     lines = [
@@ -60,6 +69,15 @@ def format_report(report: dict) -> str:
             quant = spec["quantization"]
             quant_text = f"scale={quant['scale']:.6g} zero_point={quant['zero_point']}" if quant else "not quantised"
             lines.append(f"{kind[:-1]:<9} {spec['name']}  {spec['shape']}  {spec['dtype']}  {quant_text}")
+    converted = report.get("converted_from")
+    if converted:
+        line = f"converted from {converted['source_format']} by edge-agent convert"
+        layout = converted.get("input_layout") or {}
+        if layout.get("nchw_to_nhwc"):
+            before, after = layout["onnx_inputs"][0], layout["converted_inputs"][0]
+            line += (f"; input layout NCHW {before['shape']} in the original, NHWC {after['shape']} here "
+                     "(frames go in as the camera delivers them)")
+        lines.append(line)
     ops = ", ".join(f"{name}×{count}" for name, count in report["operators"].items())
     lines.append(f"operators {ops}")
     if report["custom_operators"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import struct
 import zipfile
@@ -24,6 +25,8 @@ from edge_agent.errors import EdgeAgentError, InputError
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+# What `edge-agent convert` attaches about itself (edge_agent.host.metadata writes it).
+CONVERSION_INFO_FILE = "edge_agent_conversion.json"
 _FILE_IDENTIFIER = b"TFL3"
 _CUSTOM_CODE = 32
 _INDEXED_LABEL = re.compile(r"^(\d+)(?:\s*:\s*|\s+)(\S.*)$")
@@ -57,6 +60,18 @@ class ModelFile:
     @property
     def needs_edgetpu(self) -> bool:
         return EDGETPU_CUSTOM_OP in self.operator_counts
+
+    @property
+    def conversion_info(self) -> dict:
+        """What `edge-agent convert` recorded in the model, or {} for models made elsewhere."""
+        data = self.attached_files.get(CONVERSION_INFO_FILE)
+        if not data:
+            return {}
+        try:
+            info = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
     @property
     def labels(self) -> list[str] | None:
