@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -137,6 +138,11 @@ def test_frozen_graph_bad_input(capsys, inputs, tmp_path):
                                  "1,eight"), "expected integers")
     assert_refused(capsys, out, (graph, "--input-arrays", "image:1", "--output-arrays", "probs"), "first tensor (:0)")
     assert_refused(capsys, out, (root / "digits.keras", "--input-arrays", "image"), "apply to frozen graphs")
+    renamed = tmp_path / "exported"
+    shutil.copytree(root / "digits_savedmodel", renamed)
+    (renamed / "saved_model.pb").rename(renamed / "model.pb")
+    assert_refused(capsys, out, (renamed / "model.pb", "--input-arrays", "x", "--output-arrays", "y"),
+                   "looks like a SavedModel")
 
 
 # ---------------------------------------------------------------------------- ONNX (PyTorch's route)

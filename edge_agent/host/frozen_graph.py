@@ -119,6 +119,9 @@ def _read_graph_def(path: Path, tf: Any) -> Any:
     except Exception:  # google.protobuf.message.DecodeError, RuntimeWarning-free across protobuf versions
         graph_def = None
     if graph_def is None or not graph_def.node or any(not node.op for node in graph_def.node):
+        if (path.parent / "variables").is_dir():
+            raise SourceModelError(f"{path} is not a frozen GraphDef, and its folder looks like a SavedModel: pass the "
+                                   f"folder {path.parent} (with its file named saved_model.pb)")
         raise SourceModelError(
             f"{path} is not a TensorFlow GraphDef (a frozen graph .pb): it could not be parsed as one; pass the "
             "frozen graph itself (tf.compat.v1.graph_util.convert_variables_to_constants writes it), or a SavedModel "
