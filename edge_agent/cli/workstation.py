@@ -106,18 +106,16 @@ def _convert_command(args: argparse.Namespace) -> int:
     from edge_agent.host.frozen_graph import parse_array_names, parse_input_shapes
     from edge_agent.host.workflow import AccuracyGateError, ConvertRequest, HOST_INPUT_ERRORS, run_convert
 
-    try:
-        request = ConvertRequest(
-            source=args.source, output=args.output, quantize=args.quantize, io_type=args.io_type,
-            calibration=args.calibration, calibration_limit=args.calibration_limit, signature=args.signature,
-            labels=args.labels, task=args.task, resize=args.resize, color=args.color, mean=args.mean, std=args.std,
-            validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
-            edgetpu=args.edgetpu, input_arrays=parse_array_names(args.input_arrays),
-            output_arrays=parse_array_names(args.output_arrays), input_shapes=parse_input_shapes(args.input_shapes),
-            prune=args.prune, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
-        )
-    except ValueError as err:
-        return _fail(str(err))
+    # a malformed --input-arrays/--input-shapes raises SourceModelError: main prints it, exit 2
+    request = ConvertRequest(
+        source=args.source, output=args.output, quantize=args.quantize, io_type=args.io_type,
+        calibration=args.calibration, calibration_limit=args.calibration_limit, signature=args.signature,
+        labels=args.labels, task=args.task, resize=args.resize, color=args.color, mean=args.mean, std=args.std,
+        validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
+        edgetpu=args.edgetpu, input_arrays=parse_array_names(args.input_arrays),
+        output_arrays=parse_array_names(args.output_arrays), input_shapes=parse_input_shapes(args.input_shapes),
+        prune=args.prune, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+    )
     try:
         report = run_convert(request, progress=ProgressBar)
     except AccuracyGateError as err:

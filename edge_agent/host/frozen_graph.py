@@ -40,11 +40,11 @@ def parse_array_names(text: str | None) -> tuple[str, ...]:
     for part in text.split(","):
         name = part.strip()
         if not name:
-            raise ValueError(f"empty name in {text!r}: give comma-separated node names, e.g. input,logits")
+            raise SourceModelError(f"empty name in {text!r}: give comma-separated node names, e.g. input,logits")
         if ":" in name:
             node, _, index = name.rpartition(":")
             if index != "0":
-                raise ValueError(f"{name!r}: only a node's first tensor (:0) can be an input or output")
+                raise SourceModelError(f"{name!r}: only a node's first tensor (:0) can be an input or output")
             name = node
         names.append(name)
     return tuple(names)
@@ -59,9 +59,9 @@ def parse_input_shapes(text: str | None) -> tuple[tuple[int, ...], ...]:
         try:
             shape = tuple(int(d) for d in part.split(","))
         except ValueError:
-            raise ValueError(f"--input-shapes {text!r}: expected integers like 1,224,224,3 (inputs separated by ':')") from None
+            raise SourceModelError(f"--input-shapes {text!r}: expected integers like 1,224,224,3 (inputs separated by ':')") from None
         if any(d < 1 for d in shape):
-            raise ValueError(f"--input-shapes {text!r}: every size must be at least 1")
+            raise SourceModelError(f"--input-shapes {text!r}: every size must be at least 1")
         shapes.append(shape)
     return tuple(shapes)
 
