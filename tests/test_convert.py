@@ -26,6 +26,8 @@ from edge_agent.cli import main
 from edge_agent.delivery.bundle import read_bundle
 from edge_agent.runtime import load_model, read_model_file
 
+pytestmark = pytest.mark.tensorflow
+
 SEED = 0
 EPOCHS = 15
 INT8_MAX_ACCURACY_GAP = 0.02
