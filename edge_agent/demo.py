@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge_agent.data import DEMO_TRUTH, demo_dir, demo_file
 from edge_agent.local_broker import BrokerUnavailable, LocalBroker, broker_listening
-from edge_agent.sinks.mqtt import MqttListener
+from edge_agent.mqtt.listener import MqttListener
 
 DEVICE_ID = "edge-demo"
 PIPELINE = "digits"

@@ -41,6 +41,7 @@ CHILD = textwrap.dedent("""
     import edge_agent.cli
     import edge_agent.runtime
     import edge_agent.service.agent
+    import edge_agent.mqtt.publisher
     import edge_agent.sinks.mqtt
     import edge_agent.sources
 

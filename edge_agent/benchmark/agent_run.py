@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.sinks.mqtt import MqttListener
+from edge_agent.mqtt.listener import MqttListener
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 FIRST_PREDICTION_TIMEOUT_S = 60.0

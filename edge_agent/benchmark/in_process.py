@@ -10,7 +10,8 @@ import time
 from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
 from edge_agent.benchmark.naive_input import naive_input
 from edge_agent.service.active_model import build_active_model
-from edge_agent.sinks.mqtt import MqttListener, MqttPublisher
+from edge_agent.mqtt.listener import MqttListener
+from edge_agent.mqtt.publisher import MqttPublisher
 from edge_agent.sources import make_source
 
 WARMUP_S = 1.0

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from edge_agent.sinks.mqtt import MqttListener
+from edge_agent.mqtt.listener import MqttListener
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`edge-agent push`: send a bundle to boards over MQTT in chunks and collect what each one answers.
 
-No TensorFlow and no runtime: the bundle's bytes, paho through edge_agent.sinks.mqtt, and the
+No TensorFlow and no runtime: the bundle's bytes, paho through edge_agent.mqtt, and the
 conversation in edge_agent.delivery.update_protocol. One MQTT client serves every target; each
 target moves through begin → (accepted) chunks → end → (missing → resend → end)* → received →
 verified → activated, or stops at `rejected`. At most `window` chunks per device wait for the
@@ -29,7 +29,8 @@ from edge_agent.delivery.update_protocol import (
     new_id,
     push_topic,
 )
-from edge_agent.sinks.mqtt import Delivery, MqttListener
+from edge_agent.mqtt.client import Delivery
+from edge_agent.mqtt.listener import MqttListener
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from edge_agent.host.fleet import BrokerAddress
 from edge_agent.host.push import NO_ANSWER, REJECTED, ROLLED_BACK, SUBSCRIBE_TIMEOUT_S, PushResult
 from edge_agent.delivery.update_protocol import models_base, new_id
-from edge_agent.sinks.mqtt import MqttListener
+from edge_agent.mqtt.listener import MqttListener
 
 TICK_S = 0.02
 

@@ -94,12 +94,13 @@ class Agent:
     def _make_sinks(self) -> None:
         used = {sink for pipeline in self.config.pipelines for sink in pipeline.sinks}
         if "mqtt" in used and self.config.mqtt.enabled:
-            from edge_agent.sinks.mqtt import MqttPublisher
+            from edge_agent.mqtt.publisher import MqttPublisher
+            from edge_agent.sinks.mqtt import MqttSink
 
             spool = self.config.spool
             self.mqtt = MqttPublisher(self.config.mqtt, self.config.device_id, clean_session=not spool.enabled)
             if spool.enabled:
-                from edge_agent.sinks.spool_sender import SpoolSender
+                from edge_agent.mqtt.spool_sender import SpoolSender
 
                 path = Path(self.config.state_dir) / "spool" / "spool.db"
                 try:
@@ -108,7 +109,7 @@ class Agent:
                     # keep publishing (from memory) rather than refuse to run
                     logger.error("spool %s cannot be used (%s): predictions made while the broker is away "
                                  "are kept in memory only; fix state_dir or its permissions", path, err)
-            self._sinks["mqtt"] = self.mqtt
+            self._sinks["mqtt"] = MqttSink(self.mqtt)
         if "serial" in used and self.config.serial is not None:
             from edge_agent.sinks.serial import SerialSink
 

@@ -1,5 +1,6 @@
 """Where predictions go. Every sink has `name`, `send(prediction, payload_json)` (never blocks
-for long) and `close(timeout_s)`. paho lives in sinks.mqtt, pyserial in sinks.serial."""
+for long) and `close(timeout_s)`: mqtt (an adapter over edge_agent.mqtt's publisher), serial
+(pyserial lives in sinks.serial) and stdout."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from edge_agent.sinks.spool import Spool, SpooledMessage, SpoolError
+from edge_agent.mqtt.spool import Spool, SpooledMessage, SpoolError
 
 logger = logging.getLogger(__name__)
 
