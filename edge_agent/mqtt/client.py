@@ -26,6 +26,9 @@ from edge_agent.errors import InputError
 logger = logging.getLogger(__name__)
 
 MQTT_V311 = paho.MQTTv311
+# paho logs this at ERROR on every reconnect attempt while the broker is away; the publisher
+# says once that the broker is lost and once that it is back
+_RECONNECT_NOISE = "Client is not connected"
 
 
 class MqttSetupError(InputError, ValueError):
@@ -54,14 +57,26 @@ class Delivery:
         return self._info.is_published()
 
 
+class _QuietReconnects(logging.LoggerAdapter):
+    """paho's log with its per-attempt "Client is not connected" moved down to DEBUG."""
+
+    def log(self, level: int, msg, *args, **kwargs) -> None:
+        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith(_RECONNECT_NOISE):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
 class MqttClient:
     """A paho client (MQTT 3.1.1, callback API 2) configured from plain arguments."""
 
-    def __init__(self, client_id: str = "", clean_session: bool = True, log: logging.Logger | None = None):
+    def __init__(self, client_id: str = "", clean_session: bool = True, log: logging.Logger | None = None,
+                 quiet_reconnects: bool = False):
+        """`log` receives paho's own messages; `quiet_reconnects` keeps the per-attempt error of a
+        reconnect loop at DEBUG (for a caller that logs the loss of the broker itself)."""
         self._client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=MQTT_V311, clean_session=clean_session)
         if log is not None:
-            self._client.enable_logger(log)
+            self._client.enable_logger(_QuietReconnects(log, {}) if quiet_reconnects else log)
         self.on_connect: Callable[[str], None] | None = None
         self.on_disconnect: Callable[[str], None] | None = None
         self.on_subscribed: Callable[[], None] | None = None

@@ -76,7 +76,7 @@ class MqttPublisher:
         self.connected = threading.Event()
         self.published = 0
         self.delivered = 0
-        self.dropped = 0
+        self.refused = 0  # messages paho would not take (QoS 0 while offline, its queue full)
         self._inflight: dict[int, Callable[[], None] | None] = {}  # mid -> what to do on delivery
         self._acked_early: set[int] = set()
         self.spool: SpoolSender | None = None
@@ -97,7 +97,7 @@ class MqttPublisher:
         config = self.config
         # a persistent session lets the broker keep our in-flight QoS 1 state across reconnects
         client = MqttClient(config.client_id or f"edge-agent-{self.device_id}", clean_session=self._clean_session,
-                            log=logging.getLogger(PAHO_LOGGER))
+                            log=logging.getLogger(PAHO_LOGGER), quiet_reconnects=True)
         client.set_will(self.status_topic, "offline", qos=1, retain=True)
         client.set_credentials(config.username, read_password(config))
         if config.tls is not None:
@@ -146,29 +146,29 @@ class MqttPublisher:
         delivery = self._client.publish(topic, payload, qos=qos, retain=retain)
         if delivery.refused or (qos == 0 and delivery.offline):  # paho drops QoS 0 while offline
             with self._lock:
-                self.dropped += 1
+                self.refused += 1
             return False
+        callback = None
         with self._lock:
             self.published += 1
-            if qos == 0:  # no acknowledgement will come (and paho drops unsent QoS 0 on disconnect)
+            # QoS 0 gets no acknowledgement (and paho drops unsent QoS 0 on disconnect); paho may
+            # also report an ack before publish() returned: it is then waiting in _acked_early
+            if qos == 0 or delivery.mid in self._acked_early:
                 self._acked_early.discard(delivery.mid)
-                self._delivered(on_delivered)
-                return True
-            # paho may report the ack before publish() returned: it is then waiting in _acked_early
-            if delivery.mid in self._acked_early:
-                self._acked_early.discard(delivery.mid)
-                self._delivered(on_delivered)
+                callback = self._count_delivery(on_delivered)
             else:
                 self._inflight[delivery.mid] = on_delivered
+        if callback is not None:
+            _run_callback(callback)
         return True
 
-    def _delivered(self, on_delivered: Callable[[], None] | None) -> None:
-        """Count one delivery (lock held)."""
+    def _count_delivery(self, on_delivered: Callable[[], None] | None) -> Callable[[], None] | None:
+        """Count one delivery (lock held); returns the callback to run once the lock is released,
+        so a callback may publish or take other locks without an order between them and ours."""
         self.delivered += 1
-        if on_delivered is not None:
-            on_delivered()
         if not self._inflight:
             self._all_delivered.notify_all()
+        return on_delivered
 
     @property
     def inflight(self) -> int:
@@ -209,6 +209,16 @@ class MqttPublisher:
         return True
 
     @property
+    def dropped(self) -> int:
+        """Messages given up before they reached the broker or the spool (the spool counts its own)."""
+        return self.refused + (self.spool.dropped_in_memory if self.spool is not None else 0)
+
+    def settle(self, timeout_s: float) -> None:
+        """Let the spool take what was submitted (bounded), so the counters are final."""
+        if self.spool is not None:
+            self.spool.flush(timeout_s)
+
+    @property
     def pending(self) -> int:
         """Messages not yet acknowledged: in flight, plus those waiting in the spool."""
         with self._lock:
@@ -225,7 +235,7 @@ class MqttPublisher:
         offline_sent = False
         if self.spool is not None:
             self.spool.drain(deadline - OFFLINE_RESERVE_S)
-            undelivered = self.spool.undelivered
+            undelivered = self.spool.undelivered - self.spool.in_memory  # the spool logs what it held in memory
             self.spool.stop()  # its last round only writes: nothing is handed to paho after "offline"
         if self.connected.is_set():
             self.wait_delivered(max(0.0, deadline - OFFLINE_RESERVE_S - time.monotonic()))
@@ -270,8 +280,18 @@ class MqttPublisher:
                            self.config.host, self.config.port, reason, RECONNECT_MAX_DELAY_S)
 
     def _on_publish(self, mid: int) -> None:
+        callback = None
         with self._lock:
             if mid in self._inflight:
-                self._delivered(self._inflight.pop(mid))
+                callback = self._count_delivery(self._inflight.pop(mid))
             else:
                 self._acked_early.add(mid)
+        if callback is not None:
+            _run_callback(callback)
+
+
+def _run_callback(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # the edge of a callback: a bug in it must not break paho's loop or the publisher
+        logger.exception("MQTT delivery callback failed")

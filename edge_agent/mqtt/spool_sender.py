@@ -25,25 +25,35 @@ RAM_ROWS = 5_000  # rows also kept in memory so steady state never reads the dat
 ROUND_S = 0.05  # idle wake-up; submissions and acknowledgements wake the thread at once
 LIVE_FALLBACK_ROWS = 10_000  # in-memory queue while the disk refuses writes
 RECOVERED_AFTER_S = 10.0  # a disk that accepts writes again is trusted after this long
+FULL_UNTIL_BELOW = 0.9  # a full spool's episode ends once it is below this share of max_bytes
 
 
 class SpoolSender:
-    """Moves predictions from the pipelines through the spool to the broker."""
+    """Moves predictions from the pipelines through the spool to the broker.
+
+    `undelivered` is one counter: +1 for each submitted message (and each row found in the spool
+    at start), -1 when the broker acknowledges one or when one is dropped (spool full, or the
+    in-memory queue that stands in for a spool the disk refuses overflowing)."""
 
     def __init__(self, publisher, path: Path, max_bytes: int, policy: str):
         self._publisher = publisher
         self._spool = Spool(path, max_bytes, policy)
         self.error = ""
         self.written = 0
+        self.dropped_in_memory = 0  # never reached the spool: the disk refused them and memory ran out
         self._submitted: deque[tuple[str, bytes, int, str, int]] = deque()
-        self._acked: list[int] = []
-        self._acked_lock = threading.Lock()
+        self._acked: list[tuple[int, int]] = []  # (row id, size) acknowledged, to delete at the next write
+        self._lock = threading.Lock()  # _pending, _acked, _inflight, _live_inflight
+        self._pending = self._spool.count
         self._cursor = 0  # id of the newest row handed to paho
         self._ram: deque[SpooledMessage] = deque()
         self._ram_complete = self._spool.count == 0  # every unsent row is in _ram
-        self._live: deque[tuple[str, bytes, int]] = deque(maxlen=LIVE_FALLBACK_ROWS)
+        self._live: deque[tuple[str, bytes, int]] = deque()
         self._inflight = 0
+        self._live_inflight = 0
         self._failed_mono = 0.0
+        self._full_since: int | None = None  # spool.dropped when the current "spool full" episode began
+        self._memory_full_since: int | None = None  # dropped_in_memory when the current overflow began
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -55,6 +65,8 @@ class SpoolSender:
         return self._spool.counter(f"seq/{pipeline}")
 
     def submit(self, topic: str, payload: bytes, qos: int, pipeline: str, seq: int) -> None:
+        with self._lock:
+            self._pending += 1
         self._submitted.append((topic, payload, qos, pipeline, seq))
         self._wake.set()  # whatever piles up while the thread is busy is written in one transaction
 
@@ -65,6 +77,18 @@ class SpoolSender:
     @property
     def dropped(self) -> int:
         return self._spool.dropped
+
+    @property
+    def undelivered(self) -> int:
+        """Messages submitted (or found in the spool at start) and neither acknowledged nor dropped."""
+        with self._lock:
+            return self._pending
+
+    @property
+    def in_memory(self) -> int:
+        """Undelivered messages that are not in the spool (the disk refused them): gone at exit."""
+        with self._lock:
+            return len(self._live) + self._live_inflight
 
     def snapshot(self) -> dict:
         return {
@@ -79,13 +103,13 @@ class SpoolSender:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def undelivered(self) -> int:
-        """Messages submitted but not yet acknowledged by the broker (0 means all delivered)."""
-        with self._acked_lock:
-            inflight = self._inflight
-        unsent = 0 if (self._ram_complete and not self._ram) else max(1, len(self._ram))
-        return len(self._submitted) + len(self._live) + unsent + inflight
+    def flush(self, timeout_s: float) -> None:
+        """Wait (bounded) until the spool thread has taken every submission: written, or dropped and counted."""
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive() and self._submitted and time.monotonic() < deadline:
+            self._idle.clear()
+            self._wake.set()
+            self._idle.wait(max(0.0, min(0.2, deadline - time.monotonic())))
 
     def drain(self, deadline: float) -> None:
         """Until `deadline`: commit what was submitted and let delivery catch up while connected."""
@@ -103,6 +127,14 @@ class SpoolSender:
             self._thread.join(timeout_s)
         if not self._thread.is_alive():  # never close the database under a running transaction
             self._spool.close()
+        if self._full_since is not None:
+            logger.warning("spool still full at shutdown: %d messages dropped since it filled (%s)",
+                           self._spool.dropped - self._full_since, self._spool.policy)
+        unsent = len(self._live)  # (those in flight may still be acknowledged by paho)
+        if unsent or self._memory_full_since is not None:
+            self._live.clear()
+            self._drop_from_memory(unsent)
+            self._end_memory_episode()
 
     # --- the spool thread ------------------------------------------------------------
     def _run(self) -> None:
@@ -125,7 +157,7 @@ class SpoolSender:
 
     def _round(self, send: bool = True) -> None:
         new = [self._submitted.popleft() for _ in range(len(self._submitted))]
-        with self._acked_lock:
+        with self._lock:
             acked, self._acked = self._acked, []
         if new or acked:
             self._write(new, acked)
@@ -133,18 +165,17 @@ class SpoolSender:
             self._send_live()
             self._send_spooled()
 
-    def _write(self, new: list, acked: list[int]) -> None:
+    def _write(self, new: list, acked: list[tuple[int, int]]) -> None:
         counters = {f"seq/{pipeline}": seq for _, _, _, pipeline, seq in new}
-        dropped_before = self._spool.dropped
         try:
-            rows = self._spool.write([(t, p, q) for t, p, q, _, _ in new], acked, counters, self._cursor)
+            rows, dropped = self._spool.write([(t, p, q) for t, p, q, _, _ in new], acked, counters, self._cursor)
         except SpoolError as err:
             if not self.error:
                 logger.error("%s; publishing live without the spool until it works again", err)
             self.error, self._failed_mono = str(err), time.monotonic()
-            with self._acked_lock:
+            with self._lock:
                 self._acked[:0] = acked  # still on disk: delete them at the next successful write
-            self._live.extend((t, p, q) for t, p, q, _, _ in new)
+            self._keep_in_memory([(t, p, q) for t, p, q, _, _ in new])
             self._ram.clear()
             self._ram_complete = False
             return
@@ -152,23 +183,59 @@ class SpoolSender:
             logger.info("spool %s writable again", self._spool.path)
             self.error = ""
         self.written += len(rows)
-        if self._spool.dropped != dropped_before:
+        if dropped:
+            with self._lock:
+                self._pending -= dropped
+            if self._full_since is None:
+                self._full_since = self._spool.dropped - dropped
+                logger.warning("spool full (%d bytes): dropping the %s messages (policy %s) until it has room; "
+                               "the count follows then", self._spool.max_bytes,
+                               "newest" if self._spool.policy == "drop_new" else "oldest", self._spool.policy)
             # rows may have gone from the database that are still queued in memory
-            logger.warning("spool full (%d bytes): %d messages dropped (%s)", self._spool.max_bytes,
-                           self._spool.dropped - dropped_before, self._spool.policy)
             self._ram.clear()
             self._ram_complete = False
-        elif self._ram_complete and len(self._ram) + len(rows) <= RAM_ROWS:
-            self._ram.extend(rows)
         else:
-            self._ram_complete = False
+            if self._full_since is not None and self._spool.bytes <= FULL_UNTIL_BELOW * self._spool.max_bytes:
+                logger.warning("spool no longer full: %d messages dropped while it was (%s)",
+                               self._spool.dropped - self._full_since, self._spool.policy)
+                self._full_since = None
+            if self._ram_complete and len(self._ram) + len(rows) <= RAM_ROWS:
+                self._ram.extend(rows)
+            else:
+                self._ram_complete = False
+
+    def _keep_in_memory(self, messages: list[tuple[str, bytes, int]]) -> None:
+        """Queue what the disk refused; beyond LIVE_FALLBACK_ROWS the oldest are dropped and counted."""
+        self._live.extend(messages)
+        overflow = len(self._live) - LIVE_FALLBACK_ROWS
+        if overflow > 0:
+            for _ in range(overflow):
+                self._live.popleft()
+            if self._memory_full_since is None:
+                self._memory_full_since = self.dropped_in_memory
+                logger.warning("spool %s cannot be written and more than %d predictions wait for the broker: the "
+                               "oldest held in memory are dropped from now on; the count follows when the queue empties",
+                               self._spool.path, LIVE_FALLBACK_ROWS)
+            self._drop_from_memory(overflow)
+
+    def _drop_from_memory(self, count: int) -> None:
+        self.dropped_in_memory += count
+        with self._lock:
+            self._pending -= count
+
+    def _end_memory_episode(self) -> None:
+        logger.warning("spool: %d predictions dropped while held in memory (the disk refused writes and the broker "
+                       "did not take them in time)", self.dropped_in_memory - (self._memory_full_since or 0))
+        self._memory_full_since = None
 
     def _send_live(self) -> None:
         while self._live and self._inflight < MAX_INFLIGHT:
             topic, payload, qos = self._live.popleft()
-            if not self._hand_to_paho(topic, payload, qos, row_id=None):
+            if not self._hand_to_paho(topic, payload, qos, row=None):
                 self._live.appendleft((topic, payload, qos))
                 return
+        if not self._live and self._memory_full_since is not None:
+            self._end_memory_episode()
 
     def _send_spooled(self) -> None:
         while self._inflight < MAX_INFLIGHT:
@@ -183,24 +250,31 @@ class SpoolSender:
             row = self._ram.popleft()
             if row.id <= self._cursor:
                 continue
-            if not self._hand_to_paho(row.topic, row.payload, row.qos, row.id):
+            if not self._hand_to_paho(row.topic, row.payload, row.qos, row):
                 self._ram.appendleft(row)
                 return
             self._cursor = row.id
 
-    def _hand_to_paho(self, topic: str, payload: bytes, qos: int, row_id: int | None) -> bool:
-        with self._acked_lock:
+    def _hand_to_paho(self, topic: str, payload: bytes, qos: int, row: SpooledMessage | None) -> bool:
+        with self._lock:
             self._inflight += 1  # before publish: the ack may arrive before publish() returns
-        if self._publisher.publish(topic, payload, qos=qos, on_delivered=lambda: self._on_delivered(row_id)):
+            if row is None:
+                self._live_inflight += 1
+        if self._publisher.publish(topic, payload, qos=qos, on_delivered=lambda: self._on_delivered(row)):
             return True
-        with self._acked_lock:
+        with self._lock:
             self._inflight -= 1
+            if row is None:
+                self._live_inflight -= 1
         return False
 
-    def _on_delivered(self, row_id: int | None) -> None:
+    def _on_delivered(self, row: SpooledMessage | None) -> None:
         """On paho's thread: the broker has the message."""
-        with self._acked_lock:
-            if row_id is not None:
-                self._acked.append(row_id)
+        with self._lock:
+            if row is not None:
+                self._acked.append((row.id, row.size))
+            else:
+                self._live_inflight -= 1
             self._inflight -= 1
+            self._pending -= 1
         self._wake.set()

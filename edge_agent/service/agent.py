@@ -316,6 +316,8 @@ class Agent:
         for pipeline in self.pipelines.values():
             if not pipeline.join(max(0.0, deadline - time.monotonic())):
                 logger.warning("pipeline %s did not stop within shutdown_timeout_s", pipeline.name)
+        if self.mqtt is not None:
+            self.mqtt.settle(max(0.0, min(1.0, deadline - time.monotonic())))  # the last state counts every message
         self.publish_state()
         for sink in self._sinks.values():
             sink.close(max(0.5, deadline - time.monotonic()))
