@@ -9,9 +9,10 @@ converter itself uses):
   the self-test's mid-grey frame) gives index 0 and works; a real digit frame (black background,
   white strokes) gives index 20 and invoke() fails with "gather index out of bounds". A model
   that passes its self-test and fails on live frames: what probation is for.
-- `slow_on_contrast_model(n)`: the same shape of classifier, whose WHILE loop counts to
-  int((max - min) * n) before answering: instant on flat frames (so it passes its self-test),
-  seconds per invoke on a real digit frame (a stall probation must catch).
+- `slow_on_contrast_model(n, base)`: the same shape of classifier, whose WHILE loop counts to
+  int((max - min) * n) + base before answering: with base 0 instant on flat frames (so it passes
+  its self-test), seconds per invoke on a real digit frame (a stall probation must catch); with
+  n = 0 a model of fixed cost (e.g. a few ms, so the pipeline runs its three-thread mode).
 - `crashing_model()`: the demo model with the length of one tensor's shape vector set to 2^20.
   It passes edge_agent.runtime.tflite_file's checks (they bound-check buffers, not every tensor's
   shape), LiteRT refuses it (its flatbuffer verifier), and tflite-runtime 2.14, which does not
@@ -152,7 +153,12 @@ def contrast_lookup_model() -> bytes:
     return bytes(builder.Output())
 
 
-def slow_on_contrast_model(iterations_per_unit: float) -> bytes:
+# ~3 ms per invoke (about 0.17 us per WHILE iteration on the development VM): well above the 0.2 ms
+# below which a pipeline runs on one thread, so slow_on_contrast_model(0, this) runs the three-thread mode
+FIXED_COST_ITERATIONS = 20_000
+
+
+def slow_on_contrast_model(iterations_per_unit: float, base_iterations: int = 0) -> bytes:
     ops, kinds = schema.BuiltinOperator, schema.BuiltinOptions
     f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
     codes = [ops.REDUCE_MAX, ops.REDUCE_MIN, ops.SUB, ops.MUL, ops.CAST, ops.WHILE, ops.GATHER, ops.SOFTMAX,
@@ -199,13 +205,15 @@ def slow_on_contrast_model(iterations_per_unit: float) -> bytes:
         tensor("limit_out", [1], i32), tensor("zero", [1], i32),
         tensor("table", [10, 10], f32, np.eye(10, dtype=np.float32)), tensor("row", [1, 10], f32),
         tensor("probs", [1, 10], f32),
+        tensor("base", [1], i32, np.array([base_iterations], np.int32)), tensor("total", [1], i32),
     ], [0], [14], [
         op(ops.REDUCE_MAX, [0, 1], [2], kinds.ReducerOptions, reducer),
         op(ops.REDUCE_MIN, [0, 1], [3], kinds.ReducerOptions, reducer),
         op(ops.SUB, [2, 3], [4], kinds.SubOptions, schema.SubOptionsT()),
         op(ops.MUL, [4, 5], [6], kinds.MulOptions, schema.MulOptionsT()),
         op(ops.CAST, [6], [7], kinds.CastOptions, cast),
-        op(ops.WHILE, [8, 7], [9, 10], kinds.WhileOptions, loop),
+        op(ops.ADD, [7, 15], [16], kinds.AddOptions, schema.AddOptionsT()),
+        op(ops.WHILE, [8, 16], [9, 10], kinds.WhileOptions, loop),
         op(ops.SUB, [9, 9], [11], kinds.SubOptions, schema.SubOptionsT()),
         op(ops.GATHER, [12, 11], [13], kinds.GatherOptions, schema.GatherOptionsT()),
         op(ops.SOFTMAX, [13], [14], kinds.SoftmaxOptions, softmax),

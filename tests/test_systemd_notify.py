@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from support import DEMO_MODEL, DEMO_VIDEO, REPO, wait_until
+from crafted_models import FIXED_COST_ITERATIONS, slow_on_contrast_model
+from support import DEMO_MODEL, DEMO_VIDEO, REPO, wait_until, write_config
 from edge_agent.service.systemd import Notifier, Watchdog
 
 
@@ -287,3 +288,47 @@ def test_agent_sends_ready_after_the_first_prediction_then_keeps_pinging(path_so
     assert agent.wait(30) == 0, agent.stderr
     tail = receiver.drain(0.3)
     assert any("STOPPING=1" in lines for _, lines, _ in tail), tail
+
+
+def test_a_wedged_capture_stops_the_pings_and_a_lost_camera_does_not(tmp_path, path_socket, mjpeg_server, agent_process):
+    """Three-thread mode (a model of a few ms per invoke): the inference loop beats while it waits
+    for frames, so only capture's own heartbeat can tell a read() that never returns."""
+    address, receiver = path_socket
+    model = tmp_path / "fixed_cost.tflite"
+    model.write_bytes(slow_on_contrast_model(0, FIXED_COST_ITERATIONS))
+    # read_timeout_s far beyond the watchdog: a stalled stream is a wedged read, as a stuck GStreamer would be
+    config = write_config(tmp_path / "agent.toml", f"""
+device_id = "wedge"
+state_dir = "{tmp_path}/state"
+shutdown_timeout_s = 1
+[mqtt]
+enabled = false
+[pipelines.cam]
+model = "{model}"
+task = "classification"
+source = {{ uri = "{mjpeg_server.url}", read_timeout_s = 600 }}
+max_fps = 10
+sinks = ["stdout"]
+""")
+    agent = agent_process("run", "--config", str(config), env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+    predictions = lambda: agent.stdout.count('"seq":')  # noqa: E731
+    assert wait_until(lambda: predictions() >= 3, 60), agent.stderr
+    assert "stages on three threads" in agent.stderr, agent.stderr
+
+    def pings(seconds: float) -> int:
+        return sum("WATCHDOG=1" in lines for _, lines, _ in receiver.drain(seconds))
+
+    assert pings(3.0) >= 2, agent.stderr
+
+    mjpeg_server.stop()  # the camera goes away: open fails, reconnects back off; that is alive
+    assert wait_until(lambda: "stopped delivering frames" in agent.stderr, 20), agent.stderr
+    assert pings(4.0) >= 3, f"a lost camera must not stop the watchdog pings\n{agent.stderr}"
+
+    mjpeg_server.start()
+    seen = predictions()
+    assert wait_until(lambda: predictions() >= seen + 3, 20), agent.stderr
+    mjpeg_server.stall()  # connected, nothing more arrives: read() blocks
+    receiver.drain(3.0)  # the pings may go on until capture's heartbeat is older than WatchdogSec=2
+    assert pings(4.0) == 0, f"a wedged capture must stop the watchdog pings\n{agent.stderr}"
+    assert "no heartbeat from cam capture" in agent.stderr, agent.stderr
+    agent.kill()

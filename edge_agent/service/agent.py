@@ -151,7 +151,9 @@ class Agent:
         spool = self.mqtt.spool if self.mqtt is not None else None
         if last_seq is None:
             last_seq = spool.last_seq(config.name) if spool is not None else 0  # numbering survives restarts
-        return Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq)
+        pipeline = Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq)
+        logger.info("pipeline %s: stages on %s", config.name, pipeline.runner.description)
+        return pipeline
 
     def _build_model(self, config: PipelineConfig) -> ActiveModel:
         """The model store's active model (a pushed one) while the config still names the model the
@@ -304,7 +306,8 @@ class Agent:
         if not self._ready_sent and self._started_up():
             self._ready_sent = self.notifier.ready(f"{len(running)} pipeline(s) running")
         status = ", ".join(f"{name} {p.frames_processed} frames" for name, p in running.items())
-        self.watchdog.tick({name: p.heartbeat_mono for name, p in running.items()}, status)
+        # every loop of every running pipeline: capture (alive while it waits for a lost camera) and inference
+        self.watchdog.tick({stage: beat for p in running.values() for stage, beat in p.heartbeats().items()}, status)
 
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")

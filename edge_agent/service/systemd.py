@@ -11,7 +11,7 @@ Usage from the agent's main loop (every ~0.2 s):
     watchdog = Watchdog(notifier)
     ...
     if first inference done: notifier.ready("2 pipelines running")   # idempotent
-    watchdog.tick({"front_door": pipeline.heartbeat_mono, ...}, "front_door 9.8 fps")
+    watchdog.tick({"front_door capture": ..., "front_door inference": ...}, "front_door 9.8 fps")
     ...
     notifier.stopping("stopping")
 """
@@ -129,8 +129,8 @@ class Notifier:
 class Watchdog:
     """Decides, on each tick, whether the agent is alive enough to ping systemd's watchdog.
 
-    `heartbeats` maps a name (a pipeline) to the monotonic time its inference loop last went
-    round. Pings go out every `notifier.watchdog_interval_s` only while every heartbeat is
+    `heartbeats` maps a name (a pipeline's loop: "front_door capture", "front_door inference")
+    to the monotonic time that loop last went round. Pings go out every `notifier.watchdog_interval_s` only while every heartbeat is
     younger than `max_age_s` (default: the whole WatchdogSec=). A hung stage stops the pings
     and systemd kills and restarts the agent within WatchdogSec= after the last one. An empty
     mapping still pings: the main loop itself is calling, and nothing else must be alive.
