@@ -332,3 +332,49 @@ sinks = ["stdout"]
     assert pings(4.0) == 0, f"a wedged capture must stop the watchdog pings\n{agent.stderr}"
     assert "no heartbeat from cam capture" in agent.stderr, agent.stderr
     agent.kill()
+
+
+def test_a_reload_that_loads_a_slow_model_keeps_the_pings_and_the_state_going(
+        tmp_path, path_socket, session_broker, collect, agent_process):
+    """Loading and warming a model takes seconds; the main loop (pings, state) must not wait for it."""
+    address, receiver = path_socket
+    slow = tmp_path / "slow_to_warm.tflite"
+    slow.write_bytes(slow_on_contrast_model(0, 3_000_000))  # ~0.5 s per invoke: warm-up alone takes seconds
+    base = f"""
+device_id = "slowreload"
+state_dir = "{tmp_path}/state"
+[mqtt]
+host = "{session_broker.host}"
+port = {session_broker.port}
+state_interval_s = 0.5
+[pipelines.cam]
+model = "{DEMO_MODEL}"
+source = {{ uri = "{DEMO_VIDEO}", loop = true }}
+max_fps = 20
+"""
+    config = write_config(tmp_path / "agent.toml", base)
+    collector = collect(session_broker, ["edge/slowreload/state"])
+    agent = agent_process("run", "--config", str(config), env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "3000000"})
+    assert wait_until(lambda: len(collector.payloads("/state")) >= 2, 60), agent.stderr
+    write_config(config, base + f"""
+[pipelines.slow]
+model = "{slow}"
+task = "classification"
+source = "{DEMO_VIDEO}"
+max_frames = 1
+sinks = []
+""")
+    agent.signal(signal.SIGHUP)
+    started = time.monotonic()
+    pings, states_before = [], len(collector.payloads("/state"))
+    while "reload done" not in agent.stderr and time.monotonic() - started < 120:
+        pings += [t for t, lines, _ in receiver.drain(0.5) if "WATCHDOG=1" in lines]
+    reload_s = time.monotonic() - started
+    states_during = len(collector.payloads("/state")) - states_before
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(30) == 0, agent.stderr
+    assert "reload done: 1 added" in agent.stderr, agent.stderr
+    assert reload_s >= 3.0, f"the reload took {reload_s:.1f} s: too fast to tell"
+    gaps = [b - a for a, b in zip([started, *pings], pings)]
+    assert pings and max(gaps) < 2.9, f"pings {[round(g, 1) for g in gaps]} during a {reload_s:.1f} s reload"
+    assert states_during >= reload_s / 0.5 / 3, f"{states_during} state messages during a {reload_s:.1f} s reload"

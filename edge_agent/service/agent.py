@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Mapping
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
@@ -21,6 +22,7 @@ from edge_agent.delivery.store import StoreError, pipeline_store
 from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.pipeline import Pipeline
+from edge_agent.service.registry import PipelineRegistry
 from edge_agent.service.reload import apply_log_level, effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
 from edge_agent.sinks import Sink
@@ -43,10 +45,13 @@ class Agent:
         self._reload_requested = threading.Event()
         self._wake = threading.Event()  # set by signal handlers so the main loop reacts at once
         self.started_mono = time.monotonic()
-        self.pipelines: dict[str, Pipeline] = {}
-        self.failed: dict[str, str] = {}  # pipelines that could not start, with the reason
-        # reload (main thread) and model updates (their own threads) change pipelines one at a time
-        self._pipelines_lock = threading.RLock()
+        self.registry = PipelineRegistry()
+        # a reload (its own thread) and model installs (theirs) change pipelines one at a time; readers
+        # (the main loop, state, probation) never take this lock: they read the registry's snapshots
+        self._changes = threading.Lock()
+        self._reloader: threading.Thread | None = None
+        self._reload_outcome = ""  # what the finished reload tells systemd
+        self._stopping = threading.Event()  # shutdown has begun (stop_event says whether it was asked for)
         self.mqtt = None
         self.updates = None  # ModelUpdates, when the agent has an MQTT connection
         self._sinks: dict[str, Sink] = {}
@@ -57,6 +62,16 @@ class Agent:
     def request_stop(self) -> None:
         self.stop_event.set()
         self._wake.set()
+
+    @property
+    def pipelines(self) -> Mapping[str, Pipeline]:
+        """The running pipelines: a read-only snapshot (see service.registry)."""
+        return self.registry.running()
+
+    @property
+    def failed(self) -> Mapping[str, str]:
+        """Pipelines that could not start, with the reason (a snapshot)."""
+        return self.registry.failed()
 
     def request_reload(self) -> None:
         """Re-read the config file at the next turn of the main loop (from a SIGHUP handler)."""
@@ -128,10 +143,10 @@ class Agent:
     def _make_pipelines(self) -> None:
         for pipeline_config in self.config.pipelines:
             try:
-                self.pipelines[pipeline_config.name] = self._make_pipeline(pipeline_config)
+                self.registry.put(pipeline_config.name, self._make_pipeline(pipeline_config))
             except Exception as err:  # one bad pipeline must not take the others down
                 message = str(err) or type(err).__name__
-                self.failed[pipeline_config.name] = message
+                self.registry.mark_failed(pipeline_config.name, message)
                 logger.error("pipeline %s cannot start: %s", pipeline_config.name, message)
 
     def _make_pipeline(self, config: PipelineConfig, last_seq: int | None = None,
@@ -180,8 +195,10 @@ class Agent:
     def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None:
         """Serve `active` in pipeline `name`: swapped between two frames, or, when the pipeline has
         failed, has not started, or `restart` is asked (its invoke hung), in a new pipeline."""
-        with self._pipelines_lock:
-            pipeline = self.pipelines.get(name)
+        with self._changes:
+            if self._stopping.is_set():
+                raise RuntimeError("the agent is stopping")
+            pipeline = self.registry.get(name)
             if pipeline is not None and not restart and pipeline.status != "failed":
                 pipeline.swap_model(active)  # a pipeline whose source has ended keeps it for nothing: no replay
                 return
@@ -190,8 +207,7 @@ class Agent:
                 pipeline.abandon()  # before reading last_seq: a late result must not reuse a number
                 pipeline.join(min(self.config.shutdown_timeout_s, RESTART_JOIN_S))  # a hung invoke is left behind
             new = self._make_pipeline(config, last_seq=pipeline.last_seq if pipeline is not None else None, active=active)
-            self.failed.pop(name, None)
-            self.pipelines[name] = new
+            self.registry.put(name, new)
             new.start()
             logger.info("pipeline %s restarted with model %s %s", name, active.ref.name, active.ref.version)
 
@@ -199,16 +215,15 @@ class Agent:
         next_state = time.monotonic()
         interval_s = self.config.mqtt.state_interval_s
         while True:
-            if self._reload_requested.is_set():
-                self._reload_requested.clear()
-                self.reload()
+            self._follow_reload()
             if self.stop_event.is_set():
                 return
             if time.monotonic() >= next_state:
                 self.publish_state()
                 next_state = time.monotonic() + interval_s
             self._tell_systemd()
-            if all(p.finished.is_set() and not self._on_probation(name) for name, p in list(self.pipelines.items())):
+            if self._reloader is None and all(p.finished.is_set() and not self._on_probation(name)
+                                              for name, p in self.pipelines.items()):
                 logger.info("every pipeline has ended")
                 return
             self._wake.wait(POLL_S)
@@ -218,22 +233,43 @@ class Agent:
         """A pipeline that fails on probation is about to be rolled back, not finished."""
         return self.updates is not None and self.updates.in_probation(name)
 
-    def reload(self) -> None:
-        """Apply the config file again; an invalid file is refused and the running config stays."""
-        with self._pipelines_lock:
-            self._reload()
+    def _follow_reload(self) -> None:
+        """On the main loop: start a requested reload on its own thread (loading models takes seconds
+        and the main loop must go on pinging the watchdog and publishing state), and tell systemd
+        when it is done."""
+        if self._reloader is not None and not self._reloader.is_alive():
+            self._reloader = None
+            self.notifier.ready(self._reload_outcome)
+        if self._reloader is None and self._reload_requested.is_set() and not self.stop_event.is_set():
+            self._reload_requested.clear()
+            if self.config_path is None:
+                logger.warning("reload ignored: the agent was started without a config file")
+                return
+            self.notifier.reloading("reloading configuration")
+            self._reloader = threading.Thread(target=self._reload_in_background, name="reload", daemon=True)
+            self._reloader.start()
 
-    def _reload(self) -> None:
-        if self.config_path is None:
-            logger.warning("reload ignored: the agent was started without a config file")
-            return
-        self.notifier.reloading("reloading configuration")
+    def _reload_in_background(self) -> None:
+        try:
+            self._reload_outcome = self.reload()
+        except Exception:  # the edge of the thread: a bug in a reload must not end the agent
+            logger.exception("reload failed; the running pipelines stay as they are")
+            self._reload_outcome = "reload failed"
+        finally:
+            self._wake.set()
+
+    def reload(self) -> str:
+        """Apply the config file again; an invalid file is refused and the running config stays.
+        Returns what to tell systemd. Models are loaded while the old pipelines keep serving."""
+        with self._changes:
+            return self._reload()
+
+    def _reload(self) -> str:
         try:
             new = load_config(self.config_path)
         except ConfigError as err:
             logger.error("reload rejected, the running configuration stays: %s", err)
-            self.notifier.ready("reload rejected")
-            return
+            return "reload rejected"
         plan = plan_reload(self.config, new)
         if plan.ignored:
             logger.warning("reload: %s changed; that takes a restart (systemctl restart edge-agent)", ", ".join(plan.ignored_keys))
@@ -242,8 +278,7 @@ class Agent:
             logger.warning("reload: log_level is now %s", new.log_level)
         self.config = effective_config(self.config, new, plan)
         for name in plan.remove:
-            self.failed.pop(name, None)
-            pipeline = self.pipelines.pop(name, None)
+            pipeline = self.registry.remove(name)
             if pipeline is not None:
                 pipeline.stop()
                 if not pipeline.join(self.config.shutdown_timeout_s):
@@ -255,10 +290,10 @@ class Agent:
             self._replace_pipeline(config)
         logger.info("reload done: %d added, %d restarted, %d models swapped, %d removed",
                     len(plan.add), len(plan.restart), len(plan.swap_model), len(plan.remove))
-        self.notifier.ready("configuration reloaded")
+        return "configuration reloaded"
 
     def _swap_model(self, config: PipelineConfig) -> None:
-        pipeline = self.pipelines.get(config.name)
+        pipeline = self.registry.get(config.name)
         if pipeline is None or pipeline.status == "failed":  # it never started or died: start it whole
             self._replace_pipeline(config)
             return
@@ -272,13 +307,13 @@ class Agent:
         logger.info("reload: pipeline %s now uses model %s (sha256 %s…)", config.name, active.ref.name, active.ref.sha256[:12])
 
     def _replace_pipeline(self, config: PipelineConfig) -> None:
-        old = self.pipelines.get(config.name)
+        old = self.registry.get(config.name)
         try:
             active = self._build_model(config)  # seconds of loading and warm-up: the old one keeps serving
         except Exception as err:
             logger.error("reload: pipeline %s %s: %s", config.name, "keeps running as it was" if old else "cannot start", err)
             if old is None:
-                self.failed[config.name] = str(err)
+                self.registry.mark_failed(config.name, str(err))
             return
         if old is not None:
             old.stop()
@@ -286,8 +321,7 @@ class Agent:
                 old.abandon()  # hung: it must publish nothing more under this name
         # numbering goes on from what the old pipeline really published, once it has stopped
         new = self._make_pipeline(config, last_seq=old.last_seq if old is not None else None, active=active)
-        self.failed.pop(config.name, None)
-        self.pipelines[config.name] = new
+        self.registry.put(config.name, new)
         new.start()
         logger.info("reload: pipeline %s %s", config.name, "restarted" if old else "started")
 
@@ -311,24 +345,35 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
+        self._stopping.set()  # no model install starts a pipeline from now on
         if self.updates is not None:
             self.updates.stop()
         deadline = time.monotonic() + self.config.shutdown_timeout_s
-        for pipeline in self.pipelines.values():
-            pipeline.stop()
-        for pipeline in self.pipelines.values():
-            if not pipeline.join(max(0.0, deadline - time.monotonic())):
-                logger.warning("pipeline %s did not stop within shutdown_timeout_s", pipeline.name)
+        # a reload half-way (loading a model) finishes first, so no pipeline starts after the others stopped
+        changing = self._changes.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            self._stop_pipelines(deadline)
+        finally:
+            if changing:
+                self._changes.release()
         if self.mqtt is not None:
             self.mqtt.settle(max(0.0, min(1.0, deadline - time.monotonic())))  # the last state counts every message
         self.publish_state()
         for sink in self._sinks.values():
             sink.close(max(0.5, deadline - time.monotonic()))
 
+    def _stop_pipelines(self, deadline: float) -> None:
+        pipelines = self.pipelines
+        for pipeline in pipelines.values():
+            pipeline.stop()
+        for pipeline in pipelines.values():
+            if not pipeline.join(max(0.0, deadline - time.monotonic())):
+                logger.warning("pipeline %s did not stop within shutdown_timeout_s", pipeline.name)
+
     def state(self) -> dict:
         """The retained state message: version, uptime, and every pipeline's counters."""
-        pipelines = {name: p.snapshot() for name, p in list(self.pipelines.items())}
-        for name, reason in list(self.failed.items()):
+        pipelines = {name: p.snapshot() for name, p in self.pipelines.items()}
+        for name, reason in self.failed.items():
             pipelines[name] = {"status": "failed", "error": reason}
         state = {
             "device": self.config.device_id,

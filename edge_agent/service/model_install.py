@@ -20,15 +20,18 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.delivery.store import ModelStore, StoredModel, StoreError, pipeline_store, utc_now
 from edge_agent.delivery.transfer import disk_problem
 from edge_agent.records import ModelRef
 from edge_agent.service.active_model import ActiveModel, build_active_model
-from edge_agent.service.probation import Probation
+from edge_agent.service.probation import Probation, ProbationList
 from edge_agent.service.selftest import SelfTestError, selftest_in_child
+
+if TYPE_CHECKING:
+    from edge_agent.service.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ class PipelineHost(Protocol):
     """What installing needs from the agent."""
 
     config: AgentConfig
-    pipelines: dict
+
+    @property
+    def pipelines(self) -> Mapping[str, Pipeline]: ...  # a snapshot, safe to read from any thread
 
     def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None: ...
 
@@ -50,7 +55,7 @@ class ModelInstaller:
     def __init__(self, host: PipelineHost, stop: threading.Event):
         self.host = host
         self.settings = host.config.models
-        self.probation: dict[str, Probation] = {}
+        self.probation = ProbationList()
         self._stop = stop
         self._changes = threading.Lock()
 
@@ -73,8 +78,7 @@ class ModelInstaller:
             entry = self._record(pipeline, config, path, active.ref, transfer_id)
             self.host.install_model(pipeline, active)
             if self.settings.probation_s > 0:
-                self.probation[pipeline] = Probation(pipeline, transfer_id, entry,
-                                                     time.monotonic() + self.settings.probation_s)
+                self.probation.start(Probation(pipeline, transfer_id, entry, time.monotonic() + self.settings.probation_s))
         return previous, entry
 
     def rollback(self, pipeline: str, expect_file: str = "", restart: bool = False) -> tuple[StoredModel, StoredModel]:
@@ -94,7 +98,7 @@ class ModelInstaller:
                                                 allow_unsigned_models=self.host.config.allow_unsigned_models)
             given_up, restored = store.rollback()
             self.host.install_model(pipeline, restored_model, restart=restart)
-            self.probation.pop(pipeline, None)
+            self.probation.end(pipeline)
         return given_up, restored
 
     def already_active(self, pipeline: str, bundle_sha256: str) -> StoredModel | None:

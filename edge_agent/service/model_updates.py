@@ -315,11 +315,12 @@ class ModelUpdates:
 
     def _watch_probation(self) -> None:
         now = time.monotonic()
-        probation_by_pipeline = self.installer.probation
-        for name, probation in list(probation_by_pipeline.items()):
+        probations = self.installer.probation
+        for probation in probations.entries():
+            name = probation.pipeline
             pipeline = self.host.pipelines.get(name)
             if pipeline is None or pipeline.status == "stopped":
-                probation_by_pipeline.pop(name, None)  # removed by a reload, or its source ended: nothing to judge
+                probations.end(name, only=probation)  # removed by a reload, or its source ended: nothing to judge
                 continue
             limit_s = stall_limit_s(self.watchdog_timeout_s, pipeline.config.max_fps)
             reason = probation_failure(pipeline.status, pipeline.error, now - pipeline.heartbeat_mono, limit_s)
@@ -330,9 +331,9 @@ class ModelUpdates:
                 # pipeline for a finished one and exit meanwhile
                 self._guarded_rollback(name, transfer_id=probation.transfer_id, reason=reason,
                                        expect_file=probation.model.file, restart=True)
-                probation_by_pipeline.pop(name, None)
+                probations.end(name, only=probation)
             elif probation.over(now):
-                probation_by_pipeline.pop(name, None)
+                probations.end(name, only=probation)
                 logger.info("pipeline %s: model %s %s passed its probation (%g s)", name, probation.model.name,
                             probation.model.version, self.settings.probation_s)
 

@@ -9,6 +9,7 @@ agent; the pipeline is then replaced, because a thread stuck in invoke() cannot 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,34 @@ class Probation:
 
     def over(self, now_mono: float) -> bool:
         return now_mono >= self.until_mono
+
+
+class ProbationList:
+    """The pipelines on probation. An install starts an entry (job thread), the updates worker judges
+    and ends them, a rollback ends one, the main loop asks whether a pipeline is on probation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, Probation] = {}
+
+    def start(self, probation: Probation) -> None:
+        with self._lock:
+            self._entries[probation.pipeline] = probation
+
+    def end(self, pipeline: str, only: Probation | None = None) -> None:
+        """End `pipeline`'s probation; with `only`, just when that is still the entry (a verdict on an
+        old entry must not end the probation of a model installed meanwhile)."""
+        with self._lock:
+            if only is None or self._entries.get(pipeline) is only:
+                self._entries.pop(pipeline, None)
+
+    def entries(self) -> list[Probation]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def __contains__(self, pipeline: str) -> bool:
+        with self._lock:
+            return pipeline in self._entries
 
 
 def stall_limit_s(watchdog_timeout_s: float, max_fps: float = 0.0) -> float:
