@@ -62,6 +62,9 @@ def default_model() -> str:
 
 def run_bench(options: BenchOptions, progress=print) -> dict:
     """Run every measurement and return the results as one JSON-ready dict."""
+    from edge_agent.sources.opencv_setup import configure_opencv
+
+    configure_opencv()  # the in-process references capture with the agent's OpenCV settings
     model = options.model or default_model()
     threads = options.threads or os.cpu_count() or 1
     runtime = import_runtime(options.runtime)[0]

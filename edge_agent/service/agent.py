@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from edge_agent.delivery.store import StoreError, pipeline_store
 from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.service.pipeline import Pipeline
+from edge_agent.service.process_setup import setup_process
 from edge_agent.service.registry import PipelineRegistry
 from edge_agent.service.reload import apply_log_level, effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
@@ -30,7 +30,6 @@ from edge_agent.sinks import Sink
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
-GIL_SWITCH_INTERVAL_S = 0.0005
 RESTART_JOIN_S = 2.0
 
 
@@ -80,10 +79,7 @@ class Agent:
 
     def run(self) -> int:
         """Run until stopped or every pipeline has ended; the exit status (0 = all went well)."""
-        # Capture, output, spool and paho threads each do short bursts of Python between
-        # blocking calls; CPython's default 5 ms GIL switch interval makes them wait for each
-        # other (measured: a tiny model published 2,000/s at 5 ms and 4,000-6,000/s at 0.5 ms).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        setup_process()  # GIL switch interval, OpenCV threads and logging: once, never at import
         try:
             try:
                 self._make_sinks()

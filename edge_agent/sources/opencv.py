@@ -13,13 +13,8 @@ from edge_agent.sources.spec import SourceError, is_live, redact_url, source_kin
 
 logger = logging.getLogger(__name__)
 
-_RTSP_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-
-# Capture and preprocessing run on one thread beside the interpreter's; OpenCV's own worker
-# threads would only take cores from invoke().
-cv2.setNumThreads(1)
-# OpenCV's own warnings repeat on every reconnect attempt; the agent logs each outage once itself.
-cv2.setLogLevel(2)  # 2 = errors only
+# OpenCV's process-wide settings (threads, log level, RTSP over TCP) are applied once at start by
+# sources.opencv_setup.configure_opencv, never at import.
 
 
 def opencv_has_gstreamer() -> bool:
@@ -100,8 +95,6 @@ class VideoCaptureSource:
                 )
             return cv2.VideoCapture(spec.uri, cv2.CAP_GSTREAMER)
         if self.kind == "stream":
-            if spec.uri.lower().startswith(("rtsp://", "rtsps://")) and _RTSP_OPTIONS_ENV not in os.environ:
-                os.environ[_RTSP_OPTIONS_ENV] = "rtsp_transport;tcp"  # UDP loses packets on Wi-Fi
             return cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG, timeouts)
         if not os.path.isfile(spec.uri):
             raise SourceError(f"video file {spec.uri} does not exist: check the source path")
