@@ -26,8 +26,8 @@ from edge_agent.errors import InputError
 logger = logging.getLogger(__name__)
 
 MQTT_V311 = paho.MQTTv311
-# paho logs this at ERROR on every reconnect attempt while the broker is away; the publisher
-# says once that the broker is lost and once that it is back
+# paho logs this at ERROR on every reconnect attempt while the broker is away (and once at a
+# clean stop); the publisher says once that the broker is lost and once that it is back
 _RECONNECT_NOISE = "Client is not connected"
 
 
@@ -57,13 +57,15 @@ class Delivery:
         return self._info.is_published()
 
 
-class _QuietReconnects(logging.LoggerAdapter):
-    """paho's log with its per-attempt "Client is not connected" moved down to DEBUG."""
+class _ReconnectNoise(logging.Filter):
+    """Drops paho's per-attempt "Client is not connected". A filter, not a wrapper around the logger:
+    it sees only records that passed the level check, so paho's per-message DEBUG calls cost nothing more."""
 
-    def log(self, level: int, msg, *args, **kwargs) -> None:
-        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith(_RECONNECT_NOISE):
-            level = logging.DEBUG
-        super().log(level, msg, *args, **kwargs)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and str(record.msg).startswith(_RECONNECT_NOISE))
+
+
+_RECONNECT_FILTER = _ReconnectNoise()
 
 
 class MqttClient:
@@ -71,12 +73,14 @@ class MqttClient:
 
     def __init__(self, client_id: str = "", clean_session: bool = True, log: logging.Logger | None = None,
                  quiet_reconnects: bool = False):
-        """`log` receives paho's own messages; `quiet_reconnects` keeps the per-attempt error of a
-        reconnect loop at DEBUG (for a caller that logs the loss of the broker itself)."""
+        """`log` receives paho's own messages; `quiet_reconnects` drops the error paho logs at every
+        reconnect attempt (for a caller that logs the loss of the broker itself, once)."""
         self._client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=MQTT_V311, clean_session=clean_session)
         if log is not None:
-            self._client.enable_logger(_QuietReconnects(log, {}) if quiet_reconnects else log)
+            if quiet_reconnects and _RECONNECT_FILTER not in log.filters:
+                log.addFilter(_RECONNECT_FILTER)
+            self._client.enable_logger(log)
         self.on_connect: Callable[[str], None] | None = None
         self.on_disconnect: Callable[[str], None] | None = None
         self.on_subscribed: Callable[[], None] | None = None

@@ -159,7 +159,10 @@ class MqttPublisher:
             else:
                 self._inflight[delivery.mid] = on_delivered
         if callback is not None:
-            _run_callback(callback)
+            try:
+                callback()
+            except Exception:  # the edge of a callback: a bug in it must not break the publisher
+                logger.exception("MQTT delivery callback failed")
         return True
 
     def _count_delivery(self, on_delivered: Callable[[], None] | None) -> Callable[[], None] | None:
@@ -287,11 +290,7 @@ class MqttPublisher:
             else:
                 self._acked_early.add(mid)
         if callback is not None:
-            _run_callback(callback)
-
-
-def _run_callback(callback: Callable[[], None]) -> None:
-    try:
-        callback()
-    except Exception:  # the edge of a callback: a bug in it must not break paho's loop or the publisher
-        logger.exception("MQTT delivery callback failed")
+            try:
+                callback()
+            except Exception:  # the edge of a callback: a bug in it must not break paho's loop
+                logger.exception("MQTT delivery callback failed")
