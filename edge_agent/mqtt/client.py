@@ -23,8 +23,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_agent.config import TlsConfig
 from edge_agent.errors import InputError
 
-logger = logging.getLogger(__name__)
-
 MQTT_V311 = paho.MQTTv311
 # paho logs this at ERROR on every reconnect attempt while the broker is away (and once at a
 # clean stop); the publisher says once that the broker is lost and once that it is back
