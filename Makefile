@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 # Everything the tests use: tflite-runtime beside LiteRT, and the host tools (TensorFlow).
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	@# The host extra moved from tensorflow-cpu to tensorflow (tf-keras needs it by name). Both
+	@# write the same files, and a venv holding both breaks tflite-runtime in the same process
+	@# ("vector::reserve"): remove both, and the install below puts tensorflow back whole.
+	@if $(BIN)/pip show tensorflow-cpu >/dev/null 2>&1; then \
+	  echo "removing tensorflow-cpu (replaced by tensorflow)"; $(BIN)/pip uninstall -y -q tensorflow-cpu tensorflow; fi
 	$(BIN)/pip install --quiet -e '.[test,host]'
 	touch $(VENV)/.installed $@
 
