@@ -196,7 +196,7 @@ def test_unknown_keys_are_named_with_their_path():
         (one_pipeline(top_k=True), "pipelines.cam.top_k: expected a whole number >= 1, got True"),
         (one_pipeline(top_k=0), "pipelines.cam.top_k: expected a whole number >= 1, got 0"),
         (one_pipeline(sinks="mqtt"), "pipelines.cam.sinks: expected a list of ('mqtt', 'serial', 'stdout'), got 'mqtt'"),
-        (one_pipeline(labels=3), "pipelines.cam.labels: expected a string, got 3"),
+        (one_pipeline(labels=3), "pipelines.cam.labels: expected a string (a labels file) or [pipelines.cam.labels.LABEL] tables, got 3"),
         (one_pipeline(model=["a.tflite"]), "pipelines.cam.model: expected a string, got ['a.tflite']"),
         (one_pipeline(source=1.5), "pipelines.cam.source: expected a string (camera index"),
         (one_pipeline(source=True), "pipelines.cam.source: expected a string (camera index"),

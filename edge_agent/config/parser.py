@@ -154,7 +154,7 @@ class TableReader:
         if is_dataclass(hint):
             return self.sub(name).read_dataclass(hint)
         if typing.get_origin(hint) is tuple and is_dataclass(typing.get_args(hint)[0]):
-            return self._read_named_tables(name, typing.get_args(hint)[0])
+            return self.read_named_tables(name, typing.get_args(hint)[0], s.optional)
         self._seen.add(name)
         if name not in self.data:
             if default is MISSING:
@@ -172,15 +172,17 @@ class TableReader:
             self.error(name, problem)
         return value
 
-    def _read_named_tables(self, name: str, cls: type) -> tuple:
+    def read_named_tables(self, name: str, cls: type, optional: bool = False) -> tuple:
+        """`[name.ITEM]` tables, each read as a `cls`; at least one unless `optional`."""
         self._seen.add(name)
         required = f"at least one [{self.key(name)}.NAME] table is required"
         if name not in self.data:
-            self.error(name, required)
+            if not optional:
+                self.error(name, required)
             return ()
         table = self.sub(name)
         items = tuple(table.sub(item).read_dataclass(cls) for item in list(table.data))
-        if not items:
+        if not items and not optional:
             self.error(name, required)
         return items
 

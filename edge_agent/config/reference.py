@@ -52,7 +52,8 @@ def _rows(cls: type, path: str) -> tuple[list[tuple[str, ...]], list[tuple[str, 
                 rows.append((sibling_key, _type(sibling_setting, sibling_type), _default(sibling_setting, "", sibling_type),
                              _allowed(sibling_setting, sibling_type), sibling_setting.doc))
             for name, table in s.custom.tables.items():
-                nested.append((f"{path}.{name}", f"`[{path}.{name}]`: {s.doc} (the table form)", table))
+                title = getattr(s.custom, "table_titles", {}).get(name, f"{s.doc} (the table form)")
+                nested.append((f"{path}.{name}", f"`[{path}.{name}]`: {title}", table))
             continue
         inner = optional_type(hint)
         if inner is not None and is_dataclass(inner):
@@ -60,7 +61,8 @@ def _rows(cls: type, path: str) -> tuple[list[tuple[str, ...]], list[tuple[str, 
         elif is_dataclass(hint):
             nested.append((key, f"`[{key}]`: {s.doc}", hint))
         elif typing.get_origin(hint) is tuple and is_dataclass(typing.get_args(hint)[0]):
-            nested.append((f"{key}.NAME", f"`[{key}.NAME]`: {s.doc}", typing.get_args(hint)[0]))
+            item = s.item_name
+            nested.append((f"{key}.{item}", f"`[{key}.{item}]`: {s.doc}", typing.get_args(hint)[0]))
         else:
             rows.append((key, _type(s, hint), _default(s, field_default(f), hint), _allowed(s, hint), s.doc))
     return rows, nested

@@ -28,6 +28,7 @@ DELEGATE_FAILURE_CHOICES = ("cpu", "fail")
 SERIAL_FORMATS = ("json", "csv")
 SPOOL_POLICIES = ("drop_oldest", "drop_new")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PREDICTION_POLICIES = ("every_frame", "on_change", "interval", "off")
 DEFAULT_THRESHOLD = {"classification": 0.0, "detection": 0.5}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 PICAMERA_PATTERN = re.compile(r"^picamera2?(:(\d+))?$")
@@ -191,6 +192,132 @@ class DelegateKey:
         return DelegateSpec()
 
 
+# ---------------------------------------------------------------------------- interpretation
+# What the interpret stage (edge_agent/interpret) does with a pipeline's decoded frames: tracks,
+# events, counts, zones, the stable label, and how often predictions are published.
+
+
+def slug(text: str) -> str:
+    """`text` as Home Assistant makes entity ids of it: lower case, runs of anything but a-z and 0-9
+    become one "_", none at either end ("Front Door" and "front-door" are both "front_door")."""
+    import unicodedata
+
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+
+
+def _polygon_problem(points: Any) -> str | None:
+    if not isinstance(points, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+            for p in points):
+        return f"expected a list of [x, y] points, got {points!r}"
+    if len(points) < 3:
+        return f"a polygon needs at least 3 points, got {len(points)}"
+    outside = [p for p in points if not all(0.0 <= v <= 1.0 for v in p)]
+    if outside:
+        return (f"coordinates are fractions of the frame (0 to 1, x from the left, y from the top); "
+                f"{outside[0]!r} is outside")
+    return None
+
+
+class PolygonKey:
+    """`polygon = [[x, y], ...]`: at least 3 points in normalised frame coordinates."""
+
+    type_text = "list of [x, y]"
+    allowed_text = "3 or more points, each coordinate 0 to 1"
+    tables: dict[str, type] = {}
+    siblings: dict[str, tuple[type, Setting]] = {}
+
+    def read(self, table: Any, name: str) -> tuple[tuple[float, float], ...]:
+        table.consume(name)
+        if name not in table.data:
+            table.error(name, "required: a list of [x, y] points (fractions of the frame)")
+            return ()
+        problem = _polygon_problem(table.data[name])
+        if problem:
+            table.error(name, problem)
+            return ()
+        return tuple((float(x), float(y)) for x, y in table.data[name])
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """An area of the frame; an object is in it when the bottom centre of its box is inside."""
+
+    name: str = derived("the table's name; part of the zone's topics", lambda table, values: table.name,
+                        check=lambda name: None if topic_safe(name) else f"the zone name {TOPIC_UNSAFE}")
+    polygon: tuple[tuple[float, float], ...] = setting(REQUIRED, "the zone's corners, [x, y] fractions of the frame "
+                                                                 "(x from the left, y from the top)", custom=PolygonKey())
+    labels: tuple[str, ...] = setting((), "labels counted in this zone; empty: every tracked label", unique=True)
+
+
+@dataclass(frozen=True)
+class LabelFilterConfig:
+    """Per-label filters of a detection pipeline (`[pipelines.NAME.labels.LABEL]`)."""
+
+    name: str = derived("the label, as the model names it", lambda table, values: table.name)
+    threshold: float | None = setting(None, "median score an object's first min_frames frames must reach to count",
+                                      minimum=0.0, maximum=1.0, default_text="the pipeline's threshold")
+    min_area: float = setting(0.0, "boxes smaller than this share of the frame are not tracked", minimum=0.0, maximum=1.0)
+
+
+class LabelsKey:
+    """`labels`: a labels file (a string, as before) or per-label filter tables (`[labels.LABEL]`);
+    with the tables, the file is `labels_file`."""
+
+    type_text = "path or tables"
+    allowed_text = "a labels file, or `[pipelines.NAME.labels.LABEL]` tables (then the file is `labels_file`)"
+    tables = {"labels.LABEL": LabelFilterConfig}
+    table_titles = {"labels.LABEL": "detection: filters for one label (objects of other labels keep the defaults)"}
+    siblings = {"labels_file": (str, Setting("the labels file, when `labels` holds per-label tables", path=True))}
+
+    def read(self, table: Any, name: str) -> str:
+        file_type, file_setting = self.siblings["labels_file"]
+        labels_file = table.read_value("labels_file", file_setting, file_type, "")
+        value = table.data.get(name)
+        if isinstance(value, str):
+            table.consume(name)
+            if labels_file:
+                table.error("labels_file", "give the labels file once: `labels = \"FILE\"` or `labels_file = \"FILE\"`")
+            return table.resolve(value) if value else ""
+        if value is not None and not isinstance(value, dict):
+            table.consume(name)
+            table.error(name, f"expected a string (a labels file) or [{table.key(name)}.LABEL] tables, got {value!r}")
+        return labels_file
+
+
+def _label_filters(table: Any, values: dict[str, Any]) -> tuple[LabelFilterConfig, ...]:
+    if not isinstance(table.data.get("labels"), dict):
+        return ()
+    return table.read_named_tables("labels", LabelFilterConfig, optional=True)
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Tracking, events, counts and the stable label (see the README's "Events, counts and zones")."""
+
+    enabled: bool = setting(True, "false: predictions only (no tracking, events, counts or label topics)")
+    min_frames: int = setting(3, "frames an object (or a new top label) must be seen before it counts",
+                              minimum=1, cap=10_000)
+    max_disappeared_s: float = setting(3.0, "an object unseen this long has left (its `end` event)",
+                                       minimum=0.01, cap=86_400.0)
+    update_interval_s: float = setting(30.0, "an `update` event at least this often while an object stays; 0 = only on "
+                                             "zone and score changes", minimum=0.0, cap=86_400.0)
+    iou_threshold: float = setting(0.3, "tracker: a box overlapping an object's last box less than this is another "
+                                        "object", minimum=0.01, maximum=1.0)
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """How often a pipeline publishes predictions; events, counts and labels go out whatever this says."""
+
+    predictions: str = setting("every_frame", "every_frame; on_change: when the objects or top label change; "
+                                              "interval: the newest every interval_s; off", choices=PREDICTION_POLICIES)
+    interval_s: float = setting(1.0, "with predictions = \"interval\"", minimum=0.001, cap=86_400.0)
+    heartbeat_s: float = setting(60.0, "with on_change: a prediction at least this often; 0 = never",
+                                 minimum=0.0, cap=86_400.0)
+
+
 def _preprocess_keys(table: Any, values: dict[str, Any]) -> tuple[str, ...]:
     preprocess = table.data.get("preprocess")
     return tuple(k for k in PREPROCESS_KEYS if k in preprocess) if isinstance(preprocess, dict) else ()
@@ -202,7 +329,8 @@ class PipelineConfig:
                         check=lambda name: None if topic_safe(name) else f"the name {TOPIC_UNSAFE}")
     source: SourceSpec = setting(REQUIRED, "where frames come from", custom=SourceKey())
     model: str = setting(REQUIRED, "a .tflite file or a bundle (.eab)", path=True)
-    labels: str = setting("", "labels file, one per line; default: the labels in the model or bundle", path=True)
+    labels: str = setting("", "labels file, one per line; default: the labels in the model or bundle", path=True,
+                          custom=LabelsKey(), default_text='""')
     task: str = setting("auto", "what the outputs mean; auto: from the bundle or model, else guessed",
                         choices=TASK_CHOICES)
     runtime: str = setting("auto", "auto tries LiteRT first", choices=RUNTIME_CHOICES)
@@ -221,8 +349,31 @@ class PipelineConfig:
                                                                  "a bundle's manifest")
     sinks: tuple[str, ...] = setting(("mqtt",), "where predictions go", choices=SINK_CHOICES,
                                      expected=f"a list of {SINK_CHOICES}")
+    track: tuple[str, ...] = setting((), "detection: labels to track (events, counts); empty: every label", unique=True)
+    label_filters: tuple[LabelFilterConfig, ...] = derived("[labels.LABEL] tables", _label_filters, ())
+    events: EventsConfig = setting(EventsConfig(), "tracking, events, counts, stable label")
+    zones: tuple[ZoneConfig, ...] = setting((), "detection: areas of the frame with their own counts", optional=True,
+                                            item_name="ZONE")
+    publish: PublishConfig = setting(PublishConfig(), "how often predictions are published")
     # keys set in [preprocess]; a bundle's manifest supplies the others
     preprocess_keys: tuple[str, ...] = derived("keys set in [preprocess]", _preprocess_keys, ())
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        problems = []
+        for zone in self.zones:
+            outside = [label for label in zone.labels if self.track and label not in self.track]
+            if outside:
+                problems.append((f"zones.{zone.name}.labels", f"{outside} not in track = {list(self.track)}: "
+                                                              "a zone counts tracked labels only"))
+        return problems
+
+    def named_labels(self) -> dict[str, str]:
+        """Every label this pipeline's keys name, by key path (checked against the model's labels at start)."""
+        named = {f"track[{i}]": label for i, label in enumerate(self.track)}
+        named.update({f"labels.{f.name}": f.name for f in self.label_filters})
+        for zone in self.zones:
+            named.update({f"zones.{zone.name}.labels[{i}]": label for i, label in enumerate(zone.labels)})
+        return named
 
 
 # ---------------------------------------------------------------------------- the agent's tables
@@ -302,6 +453,23 @@ class ModelsConfig:
                                  minimum=0.0, cap=86400.0)
 
 
+def _discovery_prefix_problem(prefix: str) -> str | None:
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        return "expected a topic prefix such as \"homeassistant\" (no empty levels, no leading or trailing '/')"
+    if any(c in prefix for c in "+# \t\n\0"):
+        return f"{prefix!r} must not contain MQTT wildcards ('+', '#') or spaces: it is where discovery messages are published"
+    return None
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery: the agent and its pipelines appear as one device with entities."""
+
+    enabled: bool = setting(False, "publish discovery messages (retained) so entities appear in Home Assistant")
+    discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery prefix (its MQTT settings)",
+                                    check=_discovery_prefix_problem, allowed="a topic prefix without '+', '#' or spaces")
+
+
 def _allow_unsigned_pushes(table: Any, values: dict[str, Any]) -> bool:
     # pushed bundles must be signed by a trusted key unless allow_unsigned_models = true is set explicitly
     return table.data.get("allow_unsigned_models") is True
@@ -332,14 +500,34 @@ class AgentConfig:
                                       item_check=lambda v: isinstance(v, str) and topic_safe(v), unique=True,
                                       expected="a list of group names without '/', '+', '#' or spaces")
     models: ModelsConfig = setting(ModelsConfig(), "model delivery")
+    homeassistant: HomeAssistantConfig = setting(HomeAssistantConfig(), "Home Assistant discovery")
     # not keys: what was parsed, and the folder its relative paths are relative to (the self-test
     # child parses the same data again instead of receiving dataclasses converted by hand)
     source_toml: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     base_dir: str = field(default=".", compare=False, repr=False)
 
     def cross_check(self) -> list[tuple[str, str]]:
-        if self.serial is not None:
-            return []
-        return [(f"pipelines.{p.name}.sinks", "'serial' needs a [serial] table with a port")
-                for p in self.pipelines if "serial" in p.sinks]
+        problems = [] if self.serial is not None else [
+            (f"pipelines.{p.name}.sinks", "'serial' needs a [serial] table with a port") for p in self.pipelines if "serial" in p.sinks]
+        if self.homeassistant.enabled:
+            problems += _slug_collisions("pipelines", [p.name for p in self.pipelines])
+            for p in self.pipelines:
+                problems += _slug_collisions(f"pipelines.{p.name}.zones", [z.name for z in p.zones])
+                problems += _slug_collisions(f"pipelines.{p.name}.track", list(p.track))
+        return problems
+
+
+def _slug_collisions(path: str, names: list[str]) -> list[tuple[str, str]]:
+    """Names that would give Home Assistant the same entity id (and so lose one entity)."""
+    by_slug: dict[str, list[str]] = {}
+    for name in names:
+        by_slug.setdefault(slug(name), []).append(name)
+    problems = []
+    for key, same in by_slug.items():
+        if not key:
+            problems.append((path, f"{same[0]!r} has no letter or digit for a Home Assistant entity id: rename it"))
+        elif len(same) > 1:
+            problems.append((path, f"{' and '.join(repr(n) for n in same)} give the same Home Assistant entity id "
+                                   f"({key!r}): rename one"))
+    return problems
 

@@ -40,6 +40,8 @@ class Setting:
     custom: Any = None  # a CustomKey (parser.py) for keys with an irregular shape
     key_type: str = ""  # the type as the reference shows it, when the type hint does not say it
     allowed: str = ""  # what `check` accepts, as the reference states it
+    optional: bool = False  # a table of named tables that may be absent (pipelines must have one)
+    item_name: str = "NAME"  # how the reference names one of the named tables ([zones.ZONE])
 
     @property
     def is_key(self) -> bool:
