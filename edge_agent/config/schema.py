@@ -468,6 +468,9 @@ class HomeAssistantConfig:
     enabled: bool = setting(False, "publish discovery messages (retained) so entities appear in Home Assistant")
     discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery prefix (its MQTT settings)",
                                     check=_discovery_prefix_problem, allowed="a topic prefix without '+', '#' or spaces")
+    support_url: str = setting("", "the origin's support URL Home Assistant shows (where your users get help); "
+                                   "empty: none", check=lambda v: None if not v or v.startswith(("http://", "https://"))
+                               else f"expected an http:// or https:// URL, got {v!r}", allowed="an http(s) URL")
 
 
 def _allow_unsigned_pushes(table: Any, values: dict[str, Any]) -> bool:
