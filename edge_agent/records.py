@@ -56,6 +56,7 @@ class Prediction:
     detections: tuple[Detection, ...] = ()
     outputs: tuple[dict[str, Any], ...] = ()
     frame_index: int = 0
+    track_ids: tuple[int | None, ...] = ()  # the interpret stage's, one per detection (None: not tracked)
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published for this prediction (documented in the README)."""
@@ -78,6 +79,9 @@ class Prediction:
                 {"id": d.id, "label": d.label, "score": round(d.score, 5), "box": [round(v, 5) for v in d.box]}
                 for d in self.detections
             ]
+            for item, track_id in zip(payload["detections"], self.track_ids):
+                if track_id is not None:
+                    item["track_id"] = track_id
         else:
             payload["outputs"] = list(self.outputs)
         return payload

@@ -2,7 +2,10 @@
 
 Topics (all under `{prefix}/{device}`):
   status                 retained "online"; Last Will and clean shutdown retained "offline"
-  {pipeline}/predictions one JSON message per processed frame
+  {pipeline}/predictions one JSON message per processed frame (or as [publish] says)
+  {pipeline}/events, {pipeline}/count/..., {pipeline}/label...
+                         what the interpret stage says (edge_agent.interpret), QoS 1 through
+                         the spool like predictions; counts and label retained
   state                  retained JSON, every `state_interval_s`
   models/...             model pushes and rollbacks (subscribed through `subscribe`; see
                          edge_agent.delivery.update_protocol)
@@ -88,6 +91,7 @@ class MqttPublisher:
         self._last_refusal = ""
         self._clean_session = clean_session
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
+        self._connect_hooks: list[Callable[[], None]] = []
         self._client = self._make_client()
 
     def prediction_topic(self, pipeline: str) -> str:
@@ -124,6 +128,26 @@ class MqttPublisher:
         self._client.add_handler(topic, deliver)
         if self.connected.is_set():
             self._client.subscribe([topic], qos=1)
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Call `hook()` (on paho's thread; it must only publish or hand work over) after every (re)connect."""
+        self._connect_hooks.append(hook)
+
+    def send_messages(self, pipeline: str, messages, state: dict[str, str | None] | None = None) -> None:
+        """The interpret stage's messages (edge_agent.interpret.Message) for `pipeline`, QoS 1, in order,
+        through the spool with the state entries they leave when there is a spool (SpoolSender.submit_messages)."""
+        base = f"{self.base_topic}/{pipeline}"
+        if self.spool is not None:
+            prefix = f"interpret/{pipeline}/"
+            self.spool.submit_messages([(f"{base}/{m.subtopic}", m.payload.encode(), 1, m.retain) for m in messages],
+                                       {prefix + name: value for name, value in (state or {}).items()})
+            return
+        for m in messages:
+            self.publish(f"{base}/{m.subtopic}", m.payload, qos=1, retain=m.retain)
+
+    def saved_state(self, pipeline: str) -> dict[str, str]:
+        """The interpret stage's state entries the spool kept for `pipeline` (empty without a spool)."""
+        return self.spool.states_under(f"interpret/{pipeline}/") if self.spool is not None else {}
 
     def attach_spool(self, spool: SpoolSender) -> None:
         """Route QoS>0 predictions through a disk spool (see mqtt.spool_sender)."""
@@ -273,6 +297,11 @@ class MqttPublisher:
             self._client.subscribe(list(self._subscriptions), qos=1)
         self.publish(self.status_topic, "online", qos=1, retain=True)
         self._publish_unsent_state()
+        for hook in self._connect_hooks:
+            try:
+                hook()
+            except Exception:  # the edge of a callback: never let it break paho's loop
+                logger.exception("MQTT connect hook failed")
 
     def _on_disconnect(self, reason: str) -> None:
         if self.connected.is_set():

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ROW_OVERHEAD_BYTES = 64  # what SQLite spends per row beyond topic and payload, roughly
 
@@ -37,6 +38,7 @@ class SpooledMessage:
     topic: str
     payload: bytes
     qos: int
+    retain: bool = False
 
     @property
     def size(self) -> int:
@@ -91,15 +93,19 @@ class Spool:
             if result != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {result}")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "retain" not in columns:  # a spool written before retained messages went through it
+                db.execute("ALTER TABLE messages ADD COLUMN retain INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
 
-    def write(self, new: list[tuple[str, bytes, int]], acked: list[tuple[int, int]], counters: dict[str, int],
-              sent_up_to: int) -> tuple[list[SpooledMessage], int]:
-        """In one transaction: forget acknowledged (id, size) rows, append `new`, update counters, keep
-        within max_bytes.
+    def write(self, new: list[tuple[str, bytes, int, bool]], acked: list[tuple[int, int]], counters: dict[str, int],
+              sent_up_to: int, states: dict[str, str | None] | None = None) -> tuple[list[SpooledMessage], int]:
+        """In one transaction: forget acknowledged (id, size) rows, append `new` (topic, payload, qos,
+        retain), update counters and states (what a pipeline's interpret stage needs after a restart;
+        None deletes one), keep within max_bytes.
 
         Returns the rows appended that are still there (with their ids) and how many messages the
         limit dropped (new ones with drop_new, the oldest unsent with drop_oldest). Rows with
@@ -112,15 +118,16 @@ class Spool:
                 self._forget(acked)
             rows = []
             dropped = 0
-            for topic, payload, qos in new:
+            for topic, payload, qos, retain in new:
                 size = row_size(topic, payload)
                 if self.policy == "drop_new" and self.bytes + size > self.max_bytes:
                     dropped += 1
                     continue
                 cursor = self._db.execute(
-                    "INSERT INTO messages (topic, payload, qos, size) VALUES (?, ?, ?, ?)", (topic, payload, qos, size)
+                    "INSERT INTO messages (topic, payload, qos, size, retain) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, qos, size, int(retain)),
                 )
-                rows.append(SpooledMessage(cursor.lastrowid, topic, payload, qos))
+                rows.append(SpooledMessage(cursor.lastrowid, topic, payload, qos, bool(retain)))
                 self.count += 1
                 self.bytes += size
             if self.policy == "drop_oldest" and self.bytes > self.max_bytes:
@@ -133,6 +140,13 @@ class Spool:
                 "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(counters.items()),
             )
+            if states:
+                self._db.executemany(
+                    "INSERT INTO state (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    [(name, value) for name, value in states.items() if value is not None],
+                )
+                self._db.executemany("DELETE FROM state WHERE name = ?",
+                                     [(name,) for name, value in states.items() if value is None])
             self._db.execute("COMMIT")
             return rows, dropped
         except sqlite3.Error as err:
@@ -172,9 +186,13 @@ class Spool:
     def read_after(self, after_id: int, limit: int) -> list[SpooledMessage]:
         """The oldest rows with id > after_id."""
         rows = self._db.execute(
-            "SELECT id, topic, payload, qos FROM messages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            "SELECT id, topic, payload, qos, retain FROM messages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
         ).fetchall()
-        return [SpooledMessage(row_id, topic, bytes(payload), qos) for row_id, topic, payload, qos in rows]
+        return [SpooledMessage(row_id, topic, bytes(payload), qos, bool(retain)) for row_id, topic, payload, qos, retain in rows]
+
+    def states(self) -> dict[str, str]:
+        """Every saved state (name → JSON text)."""
+        return dict(self._db.execute("SELECT name, value FROM state").fetchall())
 
     def counter(self, name: str, default: int = 0) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()

@@ -41,14 +41,16 @@ class SpoolSender:
         self.error = ""
         self.written = 0
         self.dropped_in_memory = 0  # never reached the spool: the disk refused them and memory ran out
-        self._submitted: deque[tuple[str, bytes, int, str, int]] = deque()
+        # (topic, payload, qos, retain, counter name or "", seq, state entries or None); topic "" = state only
+        self._submitted: deque[tuple] = deque()
         self._acked: list[tuple[int, int]] = []  # (row id, size) acknowledged, to delete at the next write
         self._lock = threading.Lock()  # _pending, _acked, _inflight, _live_inflight
         self._pending = self._spool.count
         self._cursor = 0  # id of the newest row handed to paho
         self._ram: deque[SpooledMessage] = deque()
         self._ram_complete = self._spool.count == 0  # every unsent row is in _ram
-        self._live: deque[tuple[str, bytes, int]] = deque()
+        self._live: deque[tuple[str, bytes, int, bool]] = deque()
+        self._states = self._spool.states()  # the newest state entry of each name, submitted or saved
         self._inflight = 0
         self._live_inflight = 0
         self._failed_mono = 0.0
@@ -65,14 +67,44 @@ class SpoolSender:
         return self._spool.counter(f"seq/{pipeline}")
 
     def submit(self, topic: str, payload: bytes, qos: int, pipeline: str, seq: int) -> None:
+        """A prediction: its `seq` is the pipeline's numbering, which survives restarts."""
         with self._lock:
             self._pending += 1
-        self._submitted.append((topic, payload, qos, pipeline, seq))
+        self._submitted.append((topic, payload, qos, False, f"seq/{pipeline}", seq, None))
         self._wake.set()  # whatever piles up while the thread is busy is written in one transaction
+
+    def submit_messages(self, messages: list[tuple[str, bytes, int, bool]], states: dict[str, str | None] | None = None) -> None:
+        """Messages (topic, payload, qos, retain) that go out in this order, and the state entries they
+        leave (name → JSON, None deletes), written in the same transaction: a restart finds the state
+        that matches exactly the messages that reached the disk."""
+        states = states or {}
+        if not messages and not states:
+            return
+        for name, value in states.items():
+            if value is None:
+                self._states.pop(name, None)
+            else:
+                self._states[name] = value
+        with self._lock:
+            self._pending += len(messages)
+        items = [(t, p, q, r, "", 0, None) for t, p, q, r in messages]
+        if not items:
+            items.append(("", b"", 0, False, "", 0, None))  # a state change without a message
+        items[-1] = (*items[-1][:6], dict(states))
+        self._submitted.extend(items)
+        self._wake.set()
+
+    def state(self, name: str) -> str | None:
+        """The newest state entry saved (or submitted) under `name`; None when there is none."""
+        return self._states.get(name)
+
+    def states_under(self, prefix: str) -> dict[str, str]:
+        """Every state entry whose name starts with `prefix`, by the rest of its name."""
+        return {name[len(prefix):]: value for name, value in list(self._states.items()) if name.startswith(prefix)}
 
     @property
     def count(self) -> int:
-        return self._spool.count + len(self._submitted)
+        return self._spool.count + sum(1 for item in list(self._submitted) if item[0])
 
     @property
     def dropped(self) -> int:
@@ -166,16 +198,21 @@ class SpoolSender:
             self._send_spooled()
 
     def _write(self, new: list, acked: list[tuple[int, int]]) -> None:
-        counters = {f"seq/{pipeline}": seq for _, _, _, pipeline, seq in new}
+        counters = {counter: seq for _, _, _, _, counter, seq, _ in new if counter}
+        states: dict[str, str | None] = {}
+        for *_, entries in new:
+            if entries:
+                states.update(entries)
+        messages = [(t, p, q, r) for t, p, q, r, *_ in new if t]
         try:
-            rows, dropped = self._spool.write([(t, p, q) for t, p, q, _, _ in new], acked, counters, self._cursor)
+            rows, dropped = self._spool.write(messages, acked, counters, self._cursor, states)
         except SpoolError as err:
             if not self.error:
                 logger.error("%s; publishing live without the spool until it works again", err)
             self.error, self._failed_mono = str(err), time.monotonic()
             with self._lock:
                 self._acked[:0] = acked  # still on disk: delete them at the next successful write
-            self._keep_in_memory([(t, p, q) for t, p, q, _, _ in new])
+            self._keep_in_memory(messages)
             self._ram.clear()
             self._ram_complete = False
             return
@@ -204,7 +241,7 @@ class SpoolSender:
             else:
                 self._ram_complete = False
 
-    def _keep_in_memory(self, messages: list[tuple[str, bytes, int]]) -> None:
+    def _keep_in_memory(self, messages: list[tuple[str, bytes, int, bool]]) -> None:
         """Queue what the disk refused; beyond LIVE_FALLBACK_ROWS the oldest are dropped and counted."""
         self._live.extend(messages)
         overflow = len(self._live) - LIVE_FALLBACK_ROWS
@@ -230,9 +267,9 @@ class SpoolSender:
 
     def _send_live(self) -> None:
         while self._live and self._inflight < MAX_INFLIGHT:
-            topic, payload, qos = self._live.popleft()
-            if not self._hand_to_paho(topic, payload, qos, row=None):
-                self._live.appendleft((topic, payload, qos))
+            topic, payload, qos, retain = message = self._live.popleft()
+            if not self._hand_to_paho(topic, payload, qos, row=None, retain=retain):
+                self._live.appendleft(message)
                 return
         if not self._live and self._memory_full_since is not None:
             self._end_memory_episode()
@@ -255,12 +292,13 @@ class SpoolSender:
                 return
             self._cursor = row.id
 
-    def _hand_to_paho(self, topic: str, payload: bytes, qos: int, row: SpooledMessage | None) -> bool:
+    def _hand_to_paho(self, topic: str, payload: bytes, qos: int, row: SpooledMessage | None, retain: bool = False) -> bool:
         with self._lock:
             self._inflight += 1  # before publish: the ack may arrive before publish() returns
             if row is None:
                 self._live_inflight += 1
-        if self._publisher.publish(topic, payload, qos=qos, on_delivered=lambda: self._on_delivered(row)):
+        retain = row.retain if row is not None else retain
+        if self._publisher.publish(topic, payload, qos=qos, retain=retain, on_delivered=lambda: self._on_delivered(row)):
             return True
         with self._lock:
             self._inflight -= 1

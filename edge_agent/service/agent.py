@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Mapping
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
+from edge_agent.config import DEFAULT_THRESHOLD, AgentConfig, ConfigError, PipelineConfig, load_config
 from edge_agent.delivery.store import StoreError, pipeline_store
 from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
+from edge_agent.interpret import Interpreter, interpreter_for
+from edge_agent.interpret.stage import TRACKED_TASKS, restore_state
 from edge_agent.service.pipeline import Pipeline
 from edge_agent.service.process_setup import setup_process
 from edge_agent.service.registry import PipelineRegistry
@@ -53,6 +55,7 @@ class Agent:
         self._stopping = threading.Event()  # shutdown has begun (stop_event says whether it was asked for)
         self.mqtt = None
         self.updates = None  # ModelUpdates, when the agent has an MQTT connection
+        self.discovery = None  # DiscoveryAnnouncer, when [homeassistant] is enabled
         self._sinks: dict[str, Sink] = {}
         self.notifier = Notifier.from_environment()
         self.watchdog = Watchdog(self.notifier)
@@ -92,6 +95,7 @@ class Agent:
                 return 1
             if self.mqtt is not None:
                 self._start_model_updates()  # subscribes before connecting
+                self._start_discovery()
                 self.mqtt.start()
             for pipeline in self.pipelines.values():
                 pipeline.start()
@@ -130,6 +134,36 @@ class Agent:
 
             self._sinks["stdout"] = StdoutSink()
 
+    def _start_discovery(self) -> None:
+        if not self.config.homeassistant.enabled:
+            return
+        from edge_agent.service.homeassistant import DiscoveryAnnouncer
+
+        self.discovery = DiscoveryAnnouncer(self.mqtt, self.config)
+        self._announce_pipelines()
+
+    def _announce_pipelines(self) -> None:
+        """Tell Home Assistant which pipelines (and so entities) there are now."""
+        if self.discovery is None:
+            return
+        from edge_agent.service.homeassistant import pipeline_entities
+
+        entities = []
+        for config in self.config.pipelines:
+            pipeline = self.registry.get(config.name)
+            if pipeline is not None:
+                entities.append(pipeline_entities(config, pipeline.active.task, pipeline.active.labels))
+            else:  # could not start: its diagnostics say so
+                entities.append(pipeline_entities(config, config.task if config.task != "auto" else "unknown", None))
+        self.discovery.update(entities)
+
+    def _interpreter(self, config: PipelineConfig, active: ActiveModel, saved: dict[str, str] | None) -> Interpreter:
+        """The interpret stage of a pipeline (edge_agent.interpret), going on from the spool's saved state."""
+        state = restore_state(saved) if saved else None
+        if saved and not state:
+            logger.warning("pipeline %s: the saved event state is unreadable; starting afresh", config.name)
+        return interpreter_for(config, active.task, active.labels, DEFAULT_THRESHOLD.get(active.task, 0.0), state)
+
     def _start_model_updates(self) -> None:
         from edge_agent.service.model_updates import ModelUpdates
 
@@ -162,7 +196,12 @@ class Agent:
         spool = self.mqtt.spool if self.mqtt is not None else None
         if last_seq is None:
             last_seq = spool.last_seq(config.name) if spool is not None else 0  # numbering survives restarts
-        pipeline = Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq)
+        messages = self.mqtt if "mqtt" in self._sinks and "mqtt" in config.sinks else None
+        interprets = (config.events.enabled and active.task in ("classification", *TRACKED_TASKS)) or \
+            config.publish.predictions != "every_frame"
+        pipeline = Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq,
+                            interpreter_factory=self._interpreter if interprets else None, messages=messages,
+                            saved_state=messages.saved_state(config.name) if messages is not None else None)
         logger.info("pipeline %s: stages on %s", config.name, pipeline.runner.description)
         return pipeline
 
@@ -197,6 +236,7 @@ class Agent:
             pipeline = self.registry.get(name)
             if pipeline is not None and not restart and pipeline.status != "failed":
                 pipeline.swap_model(active)  # a pipeline whose source has ended keeps it for nothing: no replay
+                self._announce_pipelines()  # the new model may have other labels (entities)
                 return
             config = next(p for p in self.config.pipelines if p.name == name)
             if pipeline is not None:
@@ -206,6 +246,7 @@ class Agent:
             self.registry.put(name, new)
             new.start()
             logger.info("pipeline %s restarted with model %s %s", name, active.ref.name, active.ref.version)
+            self._announce_pipelines()
 
     def _wait(self) -> None:
         next_state = time.monotonic()
@@ -284,6 +325,7 @@ class Agent:
             self._swap_model(config)
         for config in plan.add + plan.restart:
             self._replace_pipeline(config)
+        self._announce_pipelines()
         logger.info("reload done: %d added, %d restarted, %d models swapped, %d removed",
                     len(plan.add), len(plan.restart), len(plan.swap_model), len(plan.remove))
         return "configuration reloaded"
@@ -344,6 +386,8 @@ class Agent:
         self._stopping.set()  # no model install starts a pipeline from now on
         if self.updates is not None:
             self.updates.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         deadline = time.monotonic() + self.config.shutdown_timeout_s
         # a reload half-way (loading a model) finishes first, so no pipeline starts after the others stopped
         changing = self._changes.acquire(timeout=max(0.0, deadline - time.monotonic()))

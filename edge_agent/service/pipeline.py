@@ -1,8 +1,9 @@
-"""One pipeline: source → preprocess → invoke → decode → sinks.
+"""One pipeline: source → preprocess → invoke → decode → interpret → sinks.
 
 The Pipeline owns what a pipeline is (config, model, counters, sequence numbers, status) and
-its stages: capture (service.capture), infer and publish (here). A runner (service.runners)
-puts the stages on threads: all on one for tiny models, three overlapping ones otherwise.
+its stages: capture (service.capture), infer and publish (here; publish runs the interpret stage,
+edge_agent.interpret, and obeys its publishing policy). A runner (service.runners) puts the stages
+on threads: all on one for tiny models, three overlapping ones otherwise or when it interprets.
 """
 
 from __future__ import annotations
@@ -14,21 +15,28 @@ import time
 from typing import Callable
 
 from edge_agent.config import PipelineConfig
+from edge_agent.interpret import Interpretation, Interpreter
+from edge_agent.interpret.stage import state_entries
 from edge_agent.records import Prediction
 from edge_agent.service.active_model import ActiveModel
 from edge_agent.service.capture import FrameCapture, PreparedFrame
 from edge_agent.service.runners import Inferred, choose_runner
 from edge_agent.service.source_health import SourceHealth
-from edge_agent.sinks import Sink
+from edge_agent.sinks import MessageSink, Sink
 from edge_agent.sources import SourceError
 
 logger = logging.getLogger(__name__)
+
+# (config, model, saved state entries) -> Interpreter
+InterpreterFactory = Callable[[PipelineConfig, ActiveModel, "dict[str, str] | None"], Interpreter]
 
 
 class Pipeline:
     """Runs one configured pipeline until its source ends, max_frames is reached, or stop()."""
 
-    def __init__(self, config: PipelineConfig, device_id: str, active: ActiveModel, sinks: list[Sink], last_seq: int = 0):
+    def __init__(self, config: PipelineConfig, device_id: str, active: ActiveModel, sinks: list[Sink], last_seq: int = 0,
+                 interpreter_factory: InterpreterFactory | None = None, messages: MessageSink | None = None,
+                 saved_state: dict[str, str] | None = None):
         self.config = config
         self.name = config.name
         self.device_id = device_id
@@ -39,6 +47,12 @@ class Pipeline:
         self.frames_published = 0
         self.sink_errors = 0
         self.first_published_mono: float | None = None
+        self.inference_ms = 0.0  # the last frame's, for the state topic
+        # the interpret stage: built for the model in use; its messages go to `messages` (the MQTT publisher)
+        self._interpreter_factory = interpreter_factory
+        self._messages = messages
+        self._interpreter = interpreter_factory(config, active, saved_state) if interpreter_factory else None
+        self._interpreted_model = active
         self._active = active
         self.stop_event = threading.Event()
         self.capture = FrameCapture(config, self.stop_event, lambda: self._active)
@@ -49,7 +63,8 @@ class Pipeline:
         self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
         self._failing_sinks: set[str] = set()
         # a file replayed with realtime = true behaves like a camera: the newest frame wins
-        self.runner = choose_runner(self, active.invoke_ms, newest_wins=self.live or config.source.realtime)
+        self.runner = choose_runner(self, active.invoke_ms, newest_wins=self.live or config.source.realtime,
+                                    output_thread=self._interpreter is not None)
         self._running_threads = len(self.runner.threads)
         self._threads_lock = threading.Lock()
 
@@ -153,13 +168,57 @@ class Pipeline:
         self.frames_processed += 1
         return Inferred(frame, outputs, inference_ms)
 
+    def output_started(self) -> None:
+        if self._interpreter is not None:
+            self._send_interpreted(self._interpreter.start())  # ends what a killed run left open, corrects counts
+
+    def output_idle(self) -> None:
+        if self._interpreter is not None and not self._abandoned:
+            self._send_interpreted(self._interpreter.tick(time.time()))  # objects leave without frames
+
+    def output_finished(self) -> None:
+        if self._interpreter is not None and not self._abandoned:
+            self._send_interpreted(self._interpreter.finish())  # every open event ends, counts fall to 0
+
+    def _send_interpreted(self, result: Interpretation) -> None:
+        if self._messages is None or (not result.messages and result.state is None):
+            return
+        try:
+            self._messages.send_messages(self.name, result.messages, result.state)
+        except Exception:  # a sink's bug must not stop the pipeline
+            self.sink_errors += 1
+            logger.exception("pipeline %s: publishing events failed", self.name)
+
+    def _interpreter_for(self, active: ActiveModel) -> Interpreter | None:
+        """The interpreter for `active`: a swapped model (other task, labels, threshold) gets a new
+        one, which goes on from the old one's state after the old one has ended its events."""
+        if self._interpreter is None or active is self._interpreted_model:
+            return self._interpreter
+        self._send_interpreted(self._interpreter.finish())
+        self._interpreter = self._interpreter_factory(self.config, active, state_entries(self._interpreter.snapshot()))
+        self._interpreted_model = active
+        self._send_interpreted(self._interpreter.start())
+        return self._interpreter
+
     def publish(self, item: Inferred) -> None:
-        """Decode, build the payload once, hand it to every sink."""
+        """Decode, interpret, build the payload once, hand it to every sink (as the policy says)."""
         if self._abandoned:
             return
         frame = item.frame
         active = frame.active
         decoded = active.decode(item.outputs, frame.geometry)
+        self.inference_ms = item.inference_ms
+        interpreter = self._interpreter_for(active)
+        track_ids: tuple[int | None, ...] = ()
+        if interpreter is not None:
+            result = interpreter.step(frame.captured_at, decoded.detections, decoded.classes, decoded.outputs)
+            track_ids = result.track_ids
+            if result.messages:
+                self._send_interpreted(result)
+            if not result.publish_prediction:
+                if self.first_published_mono is None:  # start-up is over once a frame went through (systemd READY)
+                    self.first_published_mono = time.monotonic()
+                return
         self._seq += 1
         prediction = Prediction(
             device=self.device_id,
@@ -174,6 +233,7 @@ class Pipeline:
             detections=decoded.detections,
             outputs=decoded.outputs,
             frame_index=frame.index,
+            track_ids=track_ids,
         )
         payload = json.dumps(prediction.to_payload(), separators=(",", ":"))
         for sink in self.sinks:
@@ -205,6 +265,7 @@ class Pipeline:
             "frames_processed": self.frames_processed,
             "frames_published": self.frames_published,
             "frames_dropped": self.frames_dropped,
+            "inference_ms": round(self.inference_ms, 3),
             "model": {"name": active.ref.name, "sha256": active.ref.sha256, "version": active.ref.version},
             "task": active.task,
             "runtime": active.model.runtime,

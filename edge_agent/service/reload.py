@@ -20,6 +20,7 @@ MODEL_FIELDS = frozenset({
     "top_k", "threshold", "max_detections", "preprocess",
 })
 AGENT_FIELDS_NEEDING_RESTART = ("device_id", "state_dir", "mqtt", "spool", "serial", "trusted_keys", "allow_unsigned_models",
+                                "homeassistant",
                                 "allow_unsigned_pushes", "models")
 
 _CONFIG_KEY = {"allow_unsigned_pushes": "allow_unsigned_models"}  # derived fields and the key they come from

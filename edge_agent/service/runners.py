@@ -8,7 +8,9 @@ preprocessing), infer, publish. They differ only in threads and hand-offs:
                  more than overlapping gains (sensor-rate models).
   StagedRunner   capture thread    reads frames and prepares each into an input-shaped buffer
                  inference thread  invokes (invoke releases the GIL, so the others work meanwhile)
-                 output thread     decodes outputs, builds the payload, hands it to the sinks
+                 output thread     decodes outputs, interprets them (edge_agent.interpret), builds
+                                   the payload, hands it to the sinks; a pipeline that interprets
+                                   always gets this runner
                  Live sources hand over through a newest-wins slot, so a slow model never
                  processes a stale frame; files hand over without loss, so a replay is a batch job.
 
@@ -49,6 +51,9 @@ class Stages(Protocol):
 
     def infer(self, frame: PreparedFrame) -> Inferred: ...
     def publish(self, item: Inferred) -> None: ...
+    def output_started(self) -> None: ...  # the output thread begins (before the first result)
+    def output_idle(self) -> None: ...  # no result for POLL_S (time still passes for the interpret stage)
+    def output_finished(self) -> None: ...  # the output thread ends (after the last result)
     def enough(self) -> bool: ...  # max_frames reached
     def guarded(self, loop: Callable[[], None]) -> Callable[[], None]: ...
 
@@ -64,9 +69,10 @@ class Runner(Protocol):
     def release(self) -> None: ...
 
 
-def choose_runner(stages: Stages, invoke_ms: float, newest_wins: bool) -> Runner:
-    """One thread for tiny models, three overlapping threads otherwise."""
-    if invoke_ms < INLINE_BELOW_INVOKE_MS:
+def choose_runner(stages: Stages, invoke_ms: float, newest_wins: bool, output_thread: bool = False) -> Runner:
+    """One thread for tiny models, three overlapping threads otherwise, or when the output side must
+    have its own thread (the interpret stage never runs on the thread that invokes)."""
+    if invoke_ms < INLINE_BELOW_INVOKE_MS and not output_thread:
         return InlineRunner(stages)
     return StagedRunner(stages, newest_wins)
 
@@ -187,9 +193,20 @@ class StagedRunner:
                 continue
 
     def _output_loop(self) -> None:
-        publish = self._stages.publish
-        while True:
-            item = self._results.get()
-            if item is None:
-                return
-            publish(item)
+        stages = self._stages
+        publish = stages.publish
+        stages.output_started()
+        try:
+            while True:
+                try:
+                    item = self._results.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not self._results_open:  # the pipeline failed: no end of results will come
+                        return
+                    stages.output_idle()
+                    continue
+                if item is None:
+                    return
+                publish(item)
+        finally:
+            stages.output_finished()

@@ -4,7 +4,7 @@ for long) and `close(timeout_s)`: mqtt (an adapter over edge_agent.mqtt's publis
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 from edge_agent.records import Prediction
 
@@ -16,4 +16,10 @@ class Sink(Protocol):
     def close(self, timeout_s: float) -> None: ...
 
 
-__all__ = ["Sink"]
+class MessageSink(Protocol):
+    """Where the interpret stage's messages go (events, counts, label): the MQTT sink."""
+
+    def send_messages(self, pipeline: str, messages: Sequence[Any], state: dict[str, str | None] | None = None) -> None: ...
+
+
+__all__ = ["MessageSink", "Sink"]
