@@ -43,6 +43,19 @@ runtime = "{runtime}"
 num_threads = {threads}
 source = {{ uri = "{source}", loop = true, realtime = {realtime} }}
 max_fps = {max_fps}
+{interpret}"""
+
+# `bench --interpret`: tracking, events, counts, two zones and Home Assistant discovery on; without
+# it they are off, so the two runs differ by the interpret stage alone
+INTERPRET_ON = """[pipelines.bench.zones.left]
+polygon = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]
+[pipelines.bench.zones.door]
+polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1], [0.3, 1]]
+[homeassistant]
+enabled = true
+"""
+INTERPRET_OFF = """[pipelines.bench.events]
+enabled = false
 """
 
 
@@ -54,6 +67,7 @@ class BenchOptions:
     seconds: float = 10.0
     runtime: str = "auto"
     broker: str = ""
+    interpret: bool = False  # tracking, events, counts, zones and Home Assistant discovery on
 
 
 def default_model() -> str:
@@ -91,6 +105,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                 device=device, workdir=workdir, host=host, port=port, model=Path(model).resolve(),
                 runtime=runtime, threads=threads, source=Path(source).resolve() if Path(source).exists() else source,
                 max_fps=max_fps, realtime="true" if max_fps else "false",
+                interpret=INTERPRET_ON if options.interpret else INTERPRET_OFF,
             )
             return run_agent(text, workdir, host, port, device, seconds)
 
@@ -118,6 +133,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "cpu_percent": round(full.cpu_percent, 1),
         "startup_s": round(min(full.startup_s, paced.startup_s), 3),
         "seconds": seconds,
+        "interpret": options.interpret,
     }
 
 
@@ -139,6 +155,7 @@ def format_results(r: dict) -> str:
     lat, over = r["latency_ms"], r["overhead_ms"]
     rows = [
         ("model", f"{Path(r['model']).name} ({r['runtime']}, {r['threads']} of {r['cores']} cores)"),
+        ("interpret stage", "on (tracking, events, counts, 2 zones, Home Assistant)" if r.get("interpret") else "off"),
         ("source", r["source"]),
         ("interpreter alone", f"{r['interpreter_fps']:.1f} fps ({r['invoke_ms']:.2f} ms/invoke)"),
         ("agent end to end", f"{r['pipeline_fps']:.1f} fps, ratio {r['ratio']:.2f} of the interpreter"),

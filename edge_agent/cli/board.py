@@ -172,6 +172,8 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
     bench.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     bench.add_argument("--broker", type=broker_address, help="HOST:PORT of a broker to use (default: start a private mosquitto)")
+    bench.add_argument("--interpret", action="store_true",
+                       help="turn tracking, events, counts, zones and Home Assistant discovery on (default: off)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=bench_command)
 
@@ -180,7 +182,8 @@ def bench_command(args: argparse.Namespace) -> int:
     from edge_agent.benchmark import BenchOptions, format_results, run_bench
 
     broker = f"{args.broker[0]}:{args.broker[1]}" if args.broker else ""
-    options = BenchOptions(args.model or "", args.source or "", args.threads, args.seconds, args.runtime, broker)
+    options = BenchOptions(args.model or "", args.source or "", args.threads, args.seconds, args.runtime, broker,
+                           interpret=args.interpret)
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         results = run_bench(options, progress)
