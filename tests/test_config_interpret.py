@@ -125,3 +125,26 @@ def test_a_label_the_model_does_not_have_is_a_warning_naming_its_labels(caplog):
             "its labels are: person, car, dog") in warnings
     assert any("pipelines.door.labels.cat names label 'cat'" in w for w in warnings)
     assert any("pipelines.door.zones.z.labels[0] names label 'prson'" in w for w in warnings)
+
+
+def test_check_config_warns_about_labels_the_model_does_not_have(tmp_path):
+    import subprocess
+    import sys
+
+    from support import MODELS, REPO
+
+    config = write_config(tmp_path / "agent.toml", f"""
+[pipelines.door]
+model = "{MODELS / 'box_finder.tflite'}"
+labels_file = "{MODELS / 'box_finder.labels.txt'}"
+source = "0"
+track = ["person", "bike"]
+[pipelines.door.labels.cat]
+threshold = 0.7
+""")
+    result = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", str(config)], capture_output=True,
+                            text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("warning: pipelines.door.track[1] names label 'bike', which the model does not have; "
+            "its labels are: person, car, dog") in result.stdout
+    assert "warning: pipelines.door.labels.cat names label 'cat'" in result.stdout

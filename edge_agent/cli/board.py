@@ -131,6 +131,16 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- check-config
 
+def _warn_unknown_labels(pipeline, model_labels) -> None:
+    """Labels named in track, [labels.X] or a zone that the model does not have: a warning, as at start."""
+    from edge_agent.interpret.stage import unknown_labels
+
+    labels = [label.strip() for label in model_labels or () if label.strip()]
+    for key, label in unknown_labels(pipeline.named_labels(), labels).items():
+        print(f"warning: pipelines.{pipeline.name}.{key} names label {label!r}, which the model does not have; "
+              f"its labels are: {', '.join(labels)}")
+
+
 def add_check_config(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser("check-config", help="validate a config file and the files it names")
     check.add_argument("config", type=Path)
@@ -154,6 +164,8 @@ def check_config_command(args: argparse.Namespace) -> int:
             continue
         if pipeline.labels and not Path(pipeline.labels).is_file():
             problems.append(f"pipelines.{pipeline.name}.labels: {pipeline.labels} does not exist")
+        _warn_unknown_labels(pipeline, model.labels if not pipeline.labels or not Path(pipeline.labels).is_file()
+                             else Path(pipeline.labels).read_text(encoding="utf-8", errors="replace").split("\n"))
         print(f"pipeline {pipeline.name}: model {model.name} ({len(model.content):,} bytes), source {redact_url(pipeline.source.uri)}, "
               f"sinks {', '.join(pipeline.sinks)}")
     if problems:
