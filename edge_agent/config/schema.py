@@ -206,6 +206,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
 
+def label_segment(label: str) -> str:
+    """A label as one topic level: '/', '+', '#' and whitespace become '_' ("traffic light" → "traffic_light")."""
+    return re.sub(r"[/+#\s]+", "_", label) or "_"
+
+
 def _polygon_problem(points: Any) -> str | None:
     if not isinstance(points, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)

@@ -8,17 +8,10 @@ reported from the start, as 0; others from the first time one is seen.
 
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
+from edge_agent.config.schema import label_segment
 from edge_agent.interpret.zones import Zone
-
-_TOPIC_UNSAFE = re.compile(r"[/+#\s]+")
-
-
-def label_segment(label: str) -> str:
-    """A label as one topic level: '/', '+', '#' and whitespace become '_' ("traffic light" → "traffic_light")."""
-    return _TOPIC_UNSAFE.sub("_", label) or "_"
 
 
 def count_topics(labels: Iterable[str], zones: tuple[Zone, ...]) -> list[str]:
