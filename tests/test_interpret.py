@@ -11,6 +11,7 @@ import pytest
 from edge_agent.interpret import Interpreter
 from edge_agent.interpret.filters import LabelRule
 from edge_agent.interpret.policy import PredictionPolicy
+from edge_agent.interpret.stage import restore_state, state_entries
 from edge_agent.interpret.tracker import IouTracker, Observation, iou_matrix
 from edge_agent.interpret.zones import Zone, bottom_centre
 from edge_agent.records import ClassScore, Detection
@@ -133,29 +134,52 @@ def test_objects_end_without_frames_and_when_the_pipeline_stops():
     assert [(m.subtopic, m.payload) for m in result.messages if m.subtopic != "events"] == [
         ("count/all", "0"), ("count/person", "0"), ("left/count/all", "0"), ("left/count/person", "0")]
     assert json.loads(result.messages[0].payload)["reason"] == "stopped"
-    assert json.loads(result.state)["open"] == {}
+    assert result.state == {"": result.state[""], "open/1": None}
+
+
+def persist(entries: dict, changes: dict | None) -> dict:
+    """What the spool does with an Interpretation's state changes (None deletes an entry)."""
+    entries = dict(entries)
+    for name, value in (changes or {}).items():
+        if value is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = value
+    return entries
 
 
 def test_a_restart_ends_what_was_open_once_and_corrects_retained_counts():
     before = interp()
-    messages, _ = run(before, [[person(0.1)]] * 4)
-    saved = json.loads(before.state_json())  # what the spool holds after the `new` (the agent then dies)
+    disk: dict = {}
+    for i in range(4):
+        disk = persist(disk, before.step(1000.0 + i / FPS, detections=[person(0.1)]).state)
+    saved = restore_state(disk)  # what the spool holds after the `new` (the agent then dies)
     assert list(saved["open"]) == ["1"] and saved["retained"]["count/person"] == "1"
     saved["retained"]["count/cat"] = "2"  # a topic an older configuration reported
     after = interp(saved=saved)
     start = after.start()
     ends = [json.loads(m.payload) for m in start.messages if m.subtopic == "events"]
     assert [(e["type"], e["track_id"], e["reason"], e["seq"]) for e in ends] == [("end", 1, "restarted", 2)]
-    assert ends[0]["end_ts"] == pytest.approx(1000.3)  # the last time the previous run saw it
+    assert ends[0]["end_ts"] == pytest.approx(1000.2)  # the last time the previous run recorded it (its `new`)
     retained = {m.subtopic: m.payload for m in start.messages if m.retain}
     assert retained["count/person"] == "0" and retained["count/all"] == "0" and retained["count/cat"] == ""  # "" deletes
     assert all(m.retain for m in start.messages if m.subtopic != "events")
-    state = json.loads(start.state)
+    disk = persist(state_entries(saved), start.state)
+    state = restore_state(disk)
     assert state["open"] == {} and state["seq"] == 2 and "count/cat" not in state["retained"]
     again = interp(saved=state).start()  # a second restart: nothing left to end, no repeated `end`
     assert not [m for m in again.messages if m.subtopic == "events"]
     fresh, ids = run(interp(saved=state), [[person(0.1)]] * 3)
     assert ids[0] == (2,) and events(fresh)[0]["seq"] == 3  # ids and numbering go on
+
+
+def test_an_event_saves_only_what_it_changes():
+    it = interp()
+    results = [it.step(1000.0 + i / FPS, detections=[person(0.1), person(0.6, class_id=1, label="car")]) for i in range(3)]
+    assert set(results[2].state) == {"", "open/1", "open/2"}  # two `new`s: their entries and the numbering
+    later = [it.step(1001.0 + i / FPS, detections=[person(0.1)]) for i in range(8)]
+    ended = [r.state for r in later if r.state]
+    assert ended == [{"": ended[0][""], "open/2": None}]  # the car's end deletes its entry alone
 
 
 def test_classification_changes_only_when_a_new_label_has_held():
@@ -170,7 +194,7 @@ def test_classification_changes_only_when_a_new_label_has_held():
     assert changes[1]["ts"] == 2007.0 and changes[1]["score"] == pytest.approx(0.86)  # median of the run of 7s
     assert [l for l in labels if l[0] == "label"] == [("label", "3"), ("label", "7")]
     assert json.loads(labels[-1][1]) == {"score": 0.86, "previous": "3", "since_ts": 2007.0}
-    start = Interpreter("classification", saved=json.loads(it.state_json())).start()
+    start = Interpreter("classification", saved=it.snapshot()).start()
     assert {(m.subtopic, m.payload) for m in start.messages} == {("label", ""), ("label/attributes", "")}
 
 

@@ -5,6 +5,7 @@ these declarations; reference.py renders the README's configuration reference fr
 Choice lists live here as constants so that every module and command uses the same ones.
 """
 
+import functools
 import re
 import socket
 from dataclasses import dataclass, field, fields
@@ -206,6 +207,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
 
+@functools.lru_cache(maxsize=4096)
 def label_segment(label: str) -> str:
     """A label as one topic level: '/', '+', '#' and whitespace become '_' ("traffic light" → "traffic_light")."""
     return re.sub(r"[/+#\s]+", "_", label) or "_"

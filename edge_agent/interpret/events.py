@@ -66,6 +66,7 @@ class TrackedObject:
     zones: tuple[str, ...] = ()
     announced_top: float = 0.0
     last_event_ts: float = 0.0
+    saved: dict[str, Any] | None = None  # to_state() as of the last event
 
     def event(self, kind: str, ts: float, reason: str = "") -> ObjectEvent:
         t = self.track
@@ -73,10 +74,17 @@ class TrackedObject:
                            t.first_ts, ts, reason)
 
     def to_state(self) -> dict[str, Any]:
-        """What a restart needs to end this object's event."""
+        """What a restart needs to end this object's event: as of its last event (kept, so that saving
+        the state with every event costs a serialisation, not a rebuild per open object)."""
+        if self.saved is None:
+            self.remember()
+        return self.saved
+
+    def remember(self) -> None:
         t = self.track
-        return {"id": t.class_id, "label": t.label, "score": t.score, "top_score": self.top_score,
-                "box": list(t.box), "zones": list(self.zones), "start_ts": t.first_ts, "last_ts": t.last_ts}
+        self.saved = {"id": t.class_id, "label": t.label, "score": round(t.score, 5), "top_score": round(self.top_score, 5),
+                      "box": [round(v, 5) for v in t.box], "zones": list(self.zones), "start_ts": t.first_ts,
+                      "last_ts": t.last_ts}
 
 
 def ended_after_restart(track_id: int, saved: dict[str, Any]) -> ObjectEvent:
@@ -133,4 +141,5 @@ class ObjectEvents:
     def _announce(obj: TrackedObject, kind: str, ts: float) -> ObjectEvent:
         obj.announced_top = obj.top_score
         obj.last_event_ts = ts
+        obj.remember()
         return obj.event(kind, ts)

@@ -2,9 +2,11 @@
 
 Each call returns an Interpretation: the track_id of each detection, the messages to publish
 (subtopics under `{prefix}/{device}/{pipeline}/`), whether this frame's prediction is published,
-and, whenever messages were produced, the state a restart needs (JSON, to be written with those
-messages in the same spool transaction, so that after a crash the next start ends exactly the
-events that were open: no `end` lost, none repeated, none without its `new`).
+and, whenever messages were produced, the changes to the state a restart needs (named JSON
+entries, to be written with those messages in the same spool transaction, so that after a crash
+the next start ends exactly the events that were open: no `end` lost, none repeated, none
+without its `new`). The state is one small entry ("": numbering, retained topics) and one per
+open event ("open/ID"), so an event costs the entries it changes, not all the open objects.
 
 Retained topics (counts, label) are corrected at start: every count this pipeline reports is
 published as 0, the label is cleared, and any retained topic the previous run left that this run
@@ -45,7 +47,26 @@ class Interpretation:
     track_ids: tuple[int | None, ...] = ()  # one per detection given, None where not tracked
     messages: tuple[Message, ...] = ()
     publish_prediction: bool = True
-    state: str | None = None  # JSON to persist with `messages`; None when nothing changed
+    state: dict[str, str | None] | None = None  # entries to persist with `messages` (None: delete); None: no change
+
+
+def restore_state(entries: dict[str, str]) -> dict[str, Any]:
+    """The state an Interpreter takes (`saved=`) from the persisted entries."""
+    try:
+        state = json.loads(entries.get("", "{}"))
+        open_events = {name[len("open/"):]: json.loads(value) for name, value in entries.items()
+                       if name.startswith("open/") and value}
+    except ValueError:
+        return {}
+    return {**state, "open": open_events} if isinstance(state, dict) else {}
+
+
+def state_entries(state: dict[str, Any]) -> dict[str, str]:
+    """The persisted entries of a whole state (what restore_state reads back)."""
+    core = {k: v for k, v in state.items() if k != "open"}
+    entries = {"": json.dumps(core, separators=(",", ":"))}
+    entries.update({f"open/{tid}": json.dumps(v, separators=(",", ":")) for tid, v in state.get("open", {}).items()})
+    return entries
 
 
 def reported_labels(track: Sequence[str], model_labels: Sequence[str] | None) -> tuple[str, ...]:
@@ -89,12 +110,14 @@ class Interpreter:
         self.objects = ObjectEvents(min_frames, update_interval_s, lambda label: self.filter.rule(label).threshold, self.zones)
         self.counts = Counts(reported_labels(track, model_labels), self.zones) if self.tracking else None
         self.label = StableLabel(min_frames) if self.labelling else None
+        self._changed_open: dict[str, str | None] = {}  # open-event entries changed since the last Interpretation
 
     # ----------------------------------------------------------------- the calls
     def start(self) -> Interpretation:
         """Before the first frame: end what the previous run left open, correct retained topics."""
         messages = [self._event_message(ended_after_restart(int(track_id), saved))
                     for track_id, saved in sorted(self._left_open.items(), key=lambda item: int(item[0]))]
+        self._changed_open.update({f"open/{track_id}": None for track_id in self._left_open})
         fresh: dict[str, str] = {}
         if self.counts is not None:
             fresh.update((topic, "0") for topic in self.counts.published)
@@ -104,7 +127,7 @@ class Interpreter:
             fresh.setdefault(topic, "")  # a topic this run does not report: deleted
         messages += [self._retained(topic, payload) for topic, payload in fresh.items()]
         self._left_open, self._left_retained = {}, {}
-        return Interpretation(messages=tuple(messages), publish_prediction=False, state=self.state_json())
+        return Interpretation(messages=tuple(messages), publish_prediction=False, state=self._state_changes())
 
     def step(self, ts: float, detections: Sequence[Any] = (), classes: Sequence[Any] = (),
              outputs: Sequence[Any] = ()) -> Interpretation:
@@ -120,7 +143,7 @@ class Interpreter:
                 messages += self._label_messages(change)
         publish = self.policy.wants(ts, self._signature(track_ids, detections, classes, outputs)
                                     if self.policy.needs_signature else None)
-        return Interpretation(track_ids, tuple(messages), publish, self.state_json() if messages else None)
+        return Interpretation(track_ids, tuple(messages), publish, self._state_changes() if messages else None)
 
     def tick(self, ts: float) -> Interpretation:
         """No frame arrived: objects unseen for max_disappeared_s still end."""
@@ -130,7 +153,7 @@ class Interpreter:
         ended = [self.objects.gone(track) for track in self.tracker.expire(ts)]
         self._add_events([e for e in ended if e is not None], messages)
         return Interpretation(messages=tuple(messages), publish_prediction=False,
-                              state=self.state_json() if messages else None)
+                              state=self._state_changes() if messages else None)
 
     def finish(self) -> Interpretation:
         """The pipeline stops: every object ends ("stopped") and the counts fall to 0."""
@@ -141,14 +164,19 @@ class Interpreter:
         self.tracker.tracks.clear()
         self._add_events([e for e in ended if e is not None], messages)
         return Interpretation(messages=tuple(messages), publish_prediction=False,
-                              state=self.state_json() if messages else None)
+                              state=self._state_changes() if messages else None)
 
-    def state_json(self) -> str:
-        return json.dumps({
-            "v": STATE_VERSION, "seq": self.seq, "next_track_id": self.tracker.next_id,
-            "open": {str(obj.track.track_id): obj.to_state() for obj in self.objects.confirmed()},
-            "retained": self.retained,
-        }, separators=(",", ":"))
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state (what `saved=` takes): numbering, open events, retained topics."""
+        return {"v": STATE_VERSION, "seq": self.seq, "next_track_id": self.tracker.next_id,
+                "open": {str(obj.track.track_id): obj.to_state() for obj in self.objects.confirmed()},
+                "retained": dict(self.retained)}
+
+    def _state_changes(self) -> dict[str, str | None]:
+        core = {"v": STATE_VERSION, "seq": self.seq, "next_track_id": self.tracker.next_id, "retained": self.retained}
+        changes = {"": json.dumps(core, separators=(",", ":")), **self._changed_open}
+        self._changed_open = {}
+        return changes
 
     # ----------------------------------------------------------------- inside
     def _track(self, detections: Sequence[Any], ts: float, messages: list[Message]) -> tuple[int | None, ...]:
@@ -174,6 +202,10 @@ class Interpreter:
 
     def _add_events(self, events: list[ObjectEvent], messages: list[Message]) -> None:
         messages += [self._event_message(event) for event in events]
+        for event in events:
+            obj = self.objects.objects.get(event.track_id) if event.type != "end" else None
+            self._changed_open[f"open/{event.track_id}"] = (
+                json.dumps(obj.to_state(), separators=(",", ":")) if obj is not None else None)
         if self.counts is not None and events:
             objects = ((obj.track.label, obj.zones) for obj in self.objects.confirmed())
             messages += [self._retained(topic, str(value)) for topic, value in self.counts.changes(objects)]

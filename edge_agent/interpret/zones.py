@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 Box = tuple[float, float, float, float]  # ymin, xmin, ymax, xmax
+EDGE_EPS = 1e-9  # a point this close to an edge is on it
 
 
 def bottom_centre(box: Box) -> tuple[float, float]:
@@ -26,23 +27,30 @@ class Zone:
     def admits(self, label: str) -> bool:
         return not self.labels or label in self.labels
 
+    def __post_init__(self) -> None:
+        xs, ys = [p[0] for p in self.polygon], [p[1] for p in self.polygon]
+        object.__setattr__(self, "_bounds", (min(xs) - EDGE_EPS, min(ys) - EDGE_EPS, max(xs) + EDGE_EPS, max(ys) + EDGE_EPS))
+
     def contains(self, x: float, y: float) -> bool:
         """Even-odd rule, with points on an edge inside."""
+        xmin, ymin, xmax, ymax = self._bounds
+        if not (xmin <= x <= xmax and ymin <= y <= ymax):
+            return False
         inside = False
         points = self.polygon
         for i, (x1, y1) in enumerate(points):
             x2, y2 = points[i - 1]
-            if _on_segment(x, y, x1, y1, x2, y2):
-                return True
             if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
                 inside = not inside
-        return inside
+        if inside:
+            return True
+        return any(_on_segment(x, y, x1, y1, *points[i - 1]) for i, (x1, y1) in enumerate(points))
 
     def holds(self, label: str, box: Box) -> bool:
         return self.admits(label) and self.contains(*bottom_centre(box))
 
 
-def _on_segment(x: float, y: float, x1: float, y1: float, x2: float, y2: float, eps: float = 1e-9) -> bool:
+def _on_segment(x: float, y: float, x1: float, y1: float, x2: float, y2: float, eps: float = EDGE_EPS) -> bool:
     cross = (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)
     if abs(cross) > eps:
         return False

@@ -66,7 +66,7 @@ class DiscoveryAnnouncer:
             self._payload = discovery_json(payload)
             self._announced = platforms_of(payload)
         if self._publisher.spool is not None:
-            self._publisher.spool.submit_messages([], STATE_NAME, json.dumps(self._announced, sort_keys=True))
+            self._publisher.spool.submit_messages([], {STATE_NAME: json.dumps(self._announced, sort_keys=True)})
         if removed:
             logger.info("Home Assistant: removing %d entities of pipelines, zones or labels no longer configured", len(removed))
         if self._publisher.connected.is_set():
