@@ -11,7 +11,7 @@ from edge_agent.mqtt.spool import Spool
 def test_retained_messages_and_states_survive_a_reopen(tmp_path):
     path = tmp_path / "spool.db"
     spool = Spool(path, 1_000_000)
-    rows = spool.write([("edge/a/door/count/person", b"1", 1, True), ("edge/a/door/events", b"{}", 1, False)], [], {},
+    rows, _ = spool.write([("edge/a/door/count/person", b"1", 1, True), ("edge/a/door/events", b"{}", 1, False)], [], {},
                        0, {"interpret/door": '{"open": {"1": {}}}'})
     assert [r.retain for r in rows] == [True, False]
     spool.close()
