@@ -101,7 +101,7 @@ class Spool:
             raise
         return db
 
-    def write(self, new: list[tuple[str, bytes, int, bool]], acked: list[tuple[int, int]], counters: dict[str, int],
+    def write(self, new: list[tuple], acked: list[tuple[int, int]], counters: dict[str, int],
               sent_up_to: int, states: dict[str, str | None] | None = None) -> tuple[list[SpooledMessage], int]:
         """In one transaction: forget acknowledged (id, size) rows, append `new` (topic, payload, qos,
         retain), update counters and states (what a pipeline's interpret stage needs after a restart;
@@ -118,7 +118,8 @@ class Spool:
                 self._forget(acked)
             rows = []
             dropped = 0
-            for topic, payload, qos, retain in new:
+            for topic, payload, qos, *flags in new:  # (topic, payload, qos) or (..., retain)
+                retain = bool(flags and flags[0])
                 size = row_size(topic, payload)
                 if self.policy == "drop_new" and self.bytes + size > self.max_bytes:
                     dropped += 1
