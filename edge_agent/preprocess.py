@@ -106,15 +106,26 @@ class Preprocessor:
 
 def image_input_size(spec: TensorSpec) -> tuple[int, int, int]:
     """(height, width, channels) of an image input [1, H, W, C] with C in 1 or 3; else PreprocessError."""
+    height, width, channels, layout = image_input_layout(spec)
+    if layout != "nhwc":
+        raise PreprocessError(f"the model's input {spec.name!r} {list(spec.shape)} is channel-first (NCHW)")
+    return height, width, channels
+
+
+def image_input_layout(spec: TensorSpec) -> tuple[int, int, int, str]:
+    """(height, width, channels, "nhwc" | "nchw") of an image input: [1, H, W, C] or [1, H, W] (gray) is
+    channel-last, [1, C, H, W] (Ultralytics' LiteRT exports) channel-first, C in 1 or 3; else PreprocessError."""
     shape = spec.shape
     if len(shape) == 4 and shape[0] == 1 and shape[3] in (1, 3) and shape[1] > 0 and shape[2] > 0:
-        return shape[1], shape[2], shape[3]
+        return shape[1], shape[2], shape[3], "nhwc"
+    if len(shape) == 4 and shape[0] == 1 and shape[1] in (1, 3) and shape[2] > 3 and shape[3] > 3:
+        return shape[2], shape[3], shape[1], "nchw"
     if len(shape) == 3 and shape[0] == 1 and shape[1] > 0 and shape[2] > 0:
-        return shape[1], shape[2], 1
+        return shape[1], shape[2], 1, "nhwc"
     raise PreprocessError(
         f"the model's input {spec.name!r} has shape {list(shape)}, which is not an image "
-        "([1, height, width, 1 or 3]): a camera, video or image source cannot feed it; "
-        "use a model that takes images"
+        "([1, height, width, 1 or 3] or [1, 1 or 3, height, width]): a camera, video or image source "
+        "cannot feed it; use a model that takes images"
     )
 
 

@@ -528,7 +528,11 @@ def main(argv=None) -> int:
         "not_a_model.tflite": "2048 seeded random bytes, not a flatbuffer. Expected to FAIL.",
         "truncated.tflite": "first 40% of the bytes of `sensor_tiny.tflite`. Expected to FAIL.",
     }
-    write_file_atomically(out / "README.md", readme(out, checks, descriptions, roles).encode())
+    # keep the section models/make_layout_models.py maintains in the same README
+    previous = (out / "README.md").read_text() if (out / "README.md").exists() else ""
+    layout_section = previous[previous.index("## Layout models"):] if "## Layout models" in previous else ""
+    text = readme(out, checks, descriptions, roles) + ("\n" + layout_section if layout_section else "")
+    write_file_atomically(out / "README.md", text.encode())
 
     # ---- summary / self-check -------------------------------------------
     expect_ok = {"ssd_tiny.tflite", "ssd_tiny_int8.tflite", "sensor_tiny.tflite"}

@@ -225,7 +225,7 @@ def test_wrong_types_and_values_name_the_key(data, expected):
     "key, value, choices",
     [
         ("runtime", "tensorflow", "'auto', 'litert', 'tflite-runtime'"),
-        ("task", "segmentation", "'auto', 'classification', 'detection', 'raw'"),
+        ("task", "tracking", "'auto', 'classification', 'detection', 'pose', 'segmentation', 'raw'"),
         ("on_delegate_failure", "ignore", "'cpu', 'fail'"),
         ("sinks", ["mqtt", "kafka"], None),
         ("delegate", "gpu", None),

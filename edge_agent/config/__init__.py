@@ -28,6 +28,7 @@ before this change), so pydantic alone would have cost more than the whole margi
 
 from edge_agent.config.parser import ConfigError, load_config, parse_config, read_toml
 from edge_agent.config.schema import (
+    BOX_UNITS,
     COLOR_ORDERS,
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -63,7 +64,7 @@ from edge_agent.config.schema import (
 from edge_agent.config.setting import REQUIRED, Setting, setting
 
 __all__ = [
-    "COLOR_ORDERS", "DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR", "DEFAULT_THRESHOLD", "DELEGATE_CHOICES",
+    "BOX_UNITS", "COLOR_ORDERS", "DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR", "DEFAULT_THRESHOLD", "DELEGATE_CHOICES",
     "DELEGATE_FAILURE_CHOICES", "LOG_LEVELS", "PICAMERA_PATTERN", "PREPROCESS_KEYS", "RESIZE_MODES",
     "RUNTIME_CHOICES", "SERIAL_FORMATS", "SINK_CHOICES", "SOURCE_KINDS", "SPOOL_POLICIES", "STREAM_SCHEMES",
     "TASK_CHOICES", "TASKS", "REQUIRED", "AgentConfig", "ConfigError", "DelegateSpec", "ModelsConfig",

@@ -17,7 +17,7 @@ from edge_agent.config.setting import REQUIRED, Setting, derived, setting
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 
-TASKS = ("classification", "detection", "raw")  # what a model's outputs mean; one decoder each
+TASKS = ("classification", "detection", "pose", "segmentation", "raw")  # what a model's outputs mean
 TASK_CHOICES = ("auto", *TASKS)
 RUNTIME_CHOICES = ("auto", "litert", "tflite-runtime")
 SINK_CHOICES = ("mqtt", "serial", "stdout")
@@ -30,7 +30,9 @@ SERIAL_FORMATS = ("json", "csv")
 SPOOL_POLICIES = ("drop_oldest", "drop_new")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PREDICTION_POLICIES = ("every_frame", "on_change", "interval", "off")
-DEFAULT_THRESHOLD = {"classification": 0.0, "detection": 0.5}
+# pose: a person's score (mean keypoint score for single-pose models); segmentation: foreground probability
+DEFAULT_THRESHOLD = {"classification": 0.0, "detection": 0.5, "pose": 0.3, "segmentation": 0.5}
+BOX_UNITS = ("auto", "normalized", "pixels")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 PICAMERA_PATTERN = re.compile(r"^picamera2?(:(\d+))?$")
 
@@ -325,6 +327,29 @@ class PublishConfig:
                                  minimum=0.0, cap=86_400.0)
 
 
+class LabelThresholdsKey:
+    """`[pipelines.NAME.thresholds]`: label = minimum score, for the labels that need their own."""
+
+    type_text = "table"
+    allowed_text = "label = number from 0.0 to 1.0"
+    tables: dict[str, type] = {}
+    siblings: dict[str, tuple[type, Setting]] = {}
+
+    def read(self, table: Any, name: str) -> tuple[tuple[str, float], ...]:
+        table.consume(name)
+        value = table.data.get(name, {})
+        if not isinstance(value, dict):
+            table.error(name, f"expected a table of label = minimum score, got {value!r}")
+            return ()
+        thresholds = []
+        for label, score in value.items():
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+                table.error(f"{name}.{label}", f"expected a number from 0.0 to 1.0, got {score!r}")
+            else:
+                thresholds.append((label, float(score)))
+        return tuple(thresholds)
+
+
 def _preprocess_keys(table: Any, values: dict[str, Any]) -> tuple[str, ...]:
     preprocess = table.data.get("preprocess")
     return tuple(k for k in PREPROCESS_KEYS if k in preprocess) if isinstance(preprocess, dict) else ()
@@ -349,9 +374,10 @@ class PipelineConfig:
                              minimum=0.0, cap=1000.0, smallest=0.001)
     max_frames: int = setting(0, "stop the pipeline after N frames; 0 = never", minimum=0, cap=10**12)
     top_k: int = setting(3, "classification: how many classes each prediction lists", minimum=1, cap=1000)
-    threshold: float | None = setting(None, "minimum score of a class or detection", minimum=0.0, maximum=1.0,
-                                      default_text="0.0 for classification, 0.5 for detection")
-    max_detections: int = setting(20, "detection: boxes per prediction at most", minimum=1, cap=10000)
+    threshold: float | None = setting(None, "minimum score of a class, detection, pose or foreground pixel",
+                                      minimum=0.0, maximum=1.0,
+                                      default_text="0.0 classification, 0.5 detection and segmentation, 0.3 pose")
+    max_detections: int = setting(20, "detections, poses or segments per prediction at most", minimum=1, cap=10000)
     preprocess: PreprocessOptions = setting(PreprocessOptions(), "what is done to each frame; keys set here win over "
                                                                  "a bundle's manifest")
     sinks: tuple[str, ...] = setting(("mqtt",), "where predictions go", choices=SINK_CHOICES,
@@ -364,6 +390,13 @@ class PipelineConfig:
     publish: PublishConfig = setting(PublishConfig(), "how often predictions are published")
     # keys set in [preprocess]; a bundle's manifest supplies the others
     preprocess_keys: tuple[str, ...] = derived("keys set in [preprocess]", _preprocess_keys, ())
+    # decoding (see "Models and tasks" in the README)
+    iou: float | None = setting(None, "NMS overlap above which the weaker box of a class is dropped", minimum=0.0,
+                                maximum=1.0, default_text="0.45 (YOLO), an anchor preset's own (0.3 for faces)")
+    thresholds: tuple[tuple[str, float], ...] = setting((), "detection: a minimum score per label, overriding threshold",
+                                                        custom=LabelThresholdsKey(), default_text="none")
+    box_units: str = setting("auto", "YOLO boxes in 0..1 or in input pixels; auto: decided from the model",
+                             choices=BOX_UNITS)
 
     def cross_check(self) -> list[tuple[str, str]]:
         problems = []

@@ -16,12 +16,14 @@ import json
 import re
 import struct
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.builtin_ops import BUILTIN_OPERATOR_NAMES
 from edge_agent.errors import EdgeAgentError, InputError
+from edge_agent.runtime.export_metadata import ExportMetadata, find_export_metadata
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -31,6 +33,10 @@ _FILE_IDENTIFIER = b"TFL3"
 _CUSTOM_CODE = 32
 _INDEXED_LABEL = re.compile(r"^(\d+)(?:\s*:\s*|\s+)(\S.*)$")
 _MAX_LABEL_INDEX = 100_000  # larger "indexes" are part of the label text, not positions
+# the zip appended to a model is untrusted: read a bounded number of entries and bytes
+_MAX_ATTACHED_FILES = 64
+_MAX_ATTACHED_FILE_BYTES = 16 << 20
+_MAX_ATTACHED_TOTAL_BYTES = 32 << 20
 
 
 class ModelFileError(InputError, ValueError):
@@ -75,11 +81,20 @@ class ModelFile:
 
     @property
     def labels(self) -> list[str] | None:
-        """Labels from an attached file whose name mentions labels, if any."""
+        """Labels from an attached file whose name mentions labels, else the class names of the
+        exporter's metadata (Ultralytics), if any."""
         for name in sorted(self.attached_files):
             if "label" in name.lower():
                 return parse_labels(self.attached_files[name].decode("utf-8", "replace"))
+        metadata = self.export_metadata
+        if metadata is not None and metadata.names:
+            return list(metadata.names)
         return None
+
+    @property
+    def export_metadata(self) -> ExportMetadata | None:
+        """Ultralytics' metadata.json (names, imgsz, task, ...) when the file carries it."""
+        return find_export_metadata(self.attached_files)
 
 
 def parse_labels(text: str) -> list[str]:
@@ -274,8 +289,18 @@ def _check_buffers(fb: _FlatBuffer, model: int) -> None:
 
 
 def _read_attached_files(content: bytes) -> dict[str, bytes]:
+    """The files of the zip appended to the model (labels, metadata), within bounds: a zip that lies
+    about sizes, nests, or is encrypted or damaged gives what could be read within the bounds, or nothing."""
+    files: dict[str, bytes] = {}
+    total = 0
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            return {info.filename: archive.read(info) for info in archive.infolist() if info.file_size < 16 << 20}
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return {}
+            for info in archive.infolist()[:_MAX_ATTACHED_FILES]:
+                if info.is_dir() or info.file_size > _MAX_ATTACHED_FILE_BYTES or total + info.file_size > _MAX_ATTACHED_TOTAL_BYTES:
+                    continue
+                # zipfile stops reading at the declared size and checks the CRC: a bomb cannot grow past it
+                files[info.filename] = archive.read(info)
+                total += info.file_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error):
+        return files
+    return files

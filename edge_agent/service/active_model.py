@@ -11,25 +11,15 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from edge_agent.config import DEFAULT_THRESHOLD, PipelineConfig
-from edge_agent.postprocess import (
-    DecodeError,
-    Quantization,
-    classify,
-    decode_ssd,
-    find_ssd_outputs,
-    ssd_order_from_roles,
-    summarize_raw,
-)
+from edge_agent.config import PipelineConfig
 from edge_agent.preprocess import Geometry, Preprocessor
-from edge_agent.records import ClassScore, Detection, ModelRef
+from edge_agent.records import Decoded, ModelRef  # Decoded: re-exported for callers that import it from here
 from edge_agent.runtime import LoadedModel, load_model_file, parse_labels
+from edge_agent.service.decoding import choose_decoder
 from edge_agent.service.model_source import apply_manifest, open_model
 from edge_agent.errors import InputError
 
@@ -40,14 +30,7 @@ WARMUP_INVOKES = 3
 
 
 class LabelsError(InputError, ValueError):
-    """The labels file is missing or does not fit the model."""
-
-
-@dataclass(frozen=True)
-class Decoded:
-    classes: tuple[ClassScore, ...] = ()
-    detections: tuple[Detection, ...] = ()
-    outputs: tuple[dict, ...] = ()
+    """The labels file is missing or cannot be read (labels that do not fit the model: decode.ClassCountError)."""
 
 
 class ActiveModel:
@@ -55,16 +38,13 @@ class ActiveModel:
 
     def __init__(self, model: LoadedModel, config: PipelineConfig, labels: list[str] | None, version: str = ""):
         self.model = model
-        self.task = config.task if config.task != "auto" else model.guess_task()
-        self.labels = labels
         self.ref = ModelRef(model.name, model.sha256, version)
         self.preprocessor = Preprocessor(model.input, config.preprocess)
-        self._threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD.get(self.task, 0.0)
-        self._top_k = config.top_k
-        self._max_detections = config.max_detections
-        self._names = [spec.name for spec in model.outputs]
-        self._quants = [Quantization(spec.scale, spec.zero_point) for spec in model.outputs]
-        self._decode = self._make_decoder()
+        choice = self._make_decoder(config, labels)
+        self.task = choice.task
+        self.layout = choice.match
+        self.labels = choice.labels
+        self._decode = choice.decode
         self._buffers: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
         self.invoke_ms = self._warm_up()
@@ -95,35 +75,11 @@ class ActiveModel:
                 self._buffers.append(buffer)
 
     def decode(self, outputs: list[np.ndarray], geometry: Geometry) -> Decoded:
-        return self._decode(outputs, geometry)
+        return self._decode(outputs, geometry.box_transform)
 
-    def _make_decoder(self) -> Callable[[list[np.ndarray], Geometry], Decoded]:
-        outputs = self.model.outputs
-        if self.task == "classification":
-            if len(outputs) != 1:
-                raise DecodeError(
-                    f"task 'classification' needs one output, {self.model.name} has {len(outputs)}: "
-                    "use task = \"detection\" or \"raw\""
-                )
-            quant = self._quants[0]
-            return lambda out, _geometry: Decoded(
-                classes=classify(out[0], quant, self.labels, self._top_k, self._threshold)
-            )
-        if self.task == "detection":
-            roles = [self.model.file.detection_output_roles.get(spec.index, "") for spec in outputs]
-            known_order = ssd_order_from_roles(roles)
-            if known_order is None and len(outputs) != 4:
-                raise DecodeError(
-                    f"task 'detection' expects the 4 outputs of TFLite_Detection_PostProcess; "
-                    f"{self.model.name} has {len(outputs)}: use task = \"raw\""
-                )
-            return lambda out, geometry: Decoded(
-                detections=decode_ssd(
-                    out, known_order or find_ssd_outputs(out, self._names), self.labels,
-                    self._threshold, self._max_detections, geometry.box_transform,
-                )
-            )
-        return lambda out, _geometry: Decoded(outputs=summarize_raw(out, self._names, self._quants))
+    def _make_decoder(self, config: PipelineConfig, labels: list[str] | None):
+        """The one decoder for this model's output layout and the pipeline's task (chosen here, never per frame)."""
+        return choose_decoder(self.model, config, labels)
 
 
 def build_active_model(
@@ -154,7 +110,6 @@ def build_active_model(
     if manifest is not None:
         active.ref = ModelRef(manifest.name, active.ref.sha256, version)
     logger.info("pipeline %s: model %s from %s", config.name, active.ref.name, opened.provenance)
-    check_labels_fit(active)
     return active
 
 
@@ -165,28 +120,3 @@ def load_labels(path: str) -> list[str]:
         raise LabelsError(f"labels file {path} does not exist: fix 'labels' or remove it to use the model's own labels") from None
     except (OSError, UnicodeDecodeError) as err:
         raise LabelsError(f"labels file {path} cannot be read: {err}") from None
-
-
-def check_labels_fit(active: ActiveModel) -> None:
-    """A classification label list must match the output size (one extra background label is allowed).
-
-    SSD label maps often start with a background entry ("???", "background") that the
-    post-processing op's class ids do not count: it is dropped so id 0 is the first real class.
-    """
-    if not active.labels:
-        return
-    if active.task == "detection":
-        if active.labels[0].strip().lower() in ("???", "background", "__background__"):
-            active.labels = active.labels[1:]
-        return
-    if active.task != "classification":
-        return
-    classes = int(np.prod(active.model.outputs[0].shape[1:]))
-    if len(active.labels) == classes + 1:  # a leading background/"???" entry, as in many label files
-        active.labels = active.labels[1:]
-        return
-    if len(active.labels) != classes:
-        raise LabelsError(
-            f"the labels have {len(active.labels)} entries but {active.model.name}'s output has {classes} classes: "
-            "use the labels file that belongs to this model"
-        )

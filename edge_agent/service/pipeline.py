@@ -234,6 +234,9 @@ class Pipeline:
             outputs=decoded.outputs,
             frame_index=frame.index,
             track_ids=track_ids,
+            poses=decoded.poses,
+            segments=decoded.segments,
+            mask=decoded.mask,
         )
         payload = json.dumps(prediction.to_payload(), separators=(",", ":"))
         for sink in self.sinks:

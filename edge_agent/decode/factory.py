@@ -1,0 +1,85 @@
+"""Build the decoder for a matched layout, once per model load: labels fitted, thresholds resolved."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edge_agent.config import DEFAULT_THRESHOLD
+from edge_agent.decode.classification import ClassificationDecoder
+from edge_agent.decode.common import DecodeError
+from edge_agent.decode.description import ModelDescription
+from edge_agent.decode.layouts import LayoutMatch
+from edge_agent.decode.options import DecodeOptions
+from edge_agent.decode.raw import RawDecoder
+from edge_agent.decode.ssd import SsdDecoder, ssd_order_from_roles
+from edge_agent.decode.yolo import YoloDecoder
+from edge_agent.records import Decoded
+
+DEFAULT_IOU = 0.45  # Ultralytics' default
+BACKGROUND_LABELS = ("???", "background", "__background__")
+
+Decoder = Callable[[Sequence[np.ndarray], tuple[float, float, float, float]], Decoded]
+
+
+class ClassCountError(DecodeError):
+    """The labels do not fit the number of classes the model's output holds."""
+
+
+def make_decoder(match: LayoutMatch, description: ModelDescription, options: DecodeOptions,
+                 labels: list[str] | None) -> tuple[Decoder, list[str] | None]:
+    """The decoder for `match` and the labels it uses (a leading background entry dropped where it does not count)."""
+    threshold = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD.get(match.task, 0.0)
+    outputs = description.outputs
+    if match.layout == "classification":
+        labels = _fit_class_labels(labels, match.params["classes"], description, "output has")
+        return ClassificationDecoder(outputs[0].quant, labels, options.top_k, threshold), labels
+    if match.layout == "ssd-postprocess":
+        if labels and labels[0].strip().lower() in BACKGROUND_LABELS:
+            labels = labels[1:]  # the op's class ids do not count the background entry of SSD label maps
+        roles = match.params["roles"]
+        order = ssd_order_from_roles(roles) if roles else None
+        return SsdDecoder(order, [o.name for o in outputs], labels, threshold, options.max_detections), labels
+    if match.layout.startswith("yolo-"):
+        layout = match.params["yolo"]
+        if layout.classes:
+            labels = _fit_class_labels(labels, layout.classes, description,
+                                       f"output {list(outputs[0].shape)} holds", f" ({match.layout} layout)")
+        count = layout.classes or (len(labels) if labels else 0)
+        thresholds = class_thresholds(options, labels, count, threshold)
+        decoder = YoloDecoder(layout, outputs[0].quant, outputs[0].dtype,
+                              (description.input_height, description.input_width), labels, thresholds, threshold,
+                              options.iou if options.iou is not None else DEFAULT_IOU, options.max_detections)
+        return decoder, labels
+    return RawDecoder([o.name for o in outputs], [o.quant for o in outputs]), labels
+
+
+def class_thresholds(options: DecodeOptions, labels: Sequence[str] | None, count: int, threshold: float) -> np.ndarray:
+    """One threshold per class id: `threshold`, or the label's own from `thresholds`."""
+    names = list(labels) if labels else [str(i) for i in range(count)]
+    values = np.full(max(count, len(names)), threshold, np.float32)
+    for label, value in options.label_thresholds:
+        if label not in names:
+            shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
+            raise DecodeError(f"thresholds: {label!r} is not one of the model's labels ({shown}): "
+                              "use a label exactly as the model names it")
+        values[names.index(label)] = value
+    return values
+
+
+def _fit_class_labels(labels: list[str] | None, classes: int, description: ModelDescription, what: str,
+                      layout_note: str = "") -> list[str] | None:
+    """Labels must name every class; one extra leading background label (many label files have it) is dropped."""
+    if not labels:
+        return labels
+    if len(labels) == classes + 1 and labels[0].strip().lower() in BACKGROUND_LABELS + ("none", ""):
+        return labels[1:]
+    if len(labels) == classes + 1 and what == "output has":  # classification keeps its historic leniency
+        return labels[1:]
+    if len(labels) != classes:
+        raise ClassCountError(
+            f"the labels have {len(labels)} entries but {description.name}'s {what} {classes} classes{layout_note}: "
+            "use the labels file that belongs to this model"
+        )
+    return labels

@@ -1,0 +1,222 @@
+"""Which decoder fits a model: each known output layout, matched against the model's description.
+
+A match is decided once, when the model loads, and carries the reason in words (`why`), which
+`edge-agent inspect` shows, so `task = "auto"` is never a mystery. A task that no layout of its
+family fits is an error naming the output shapes and the layouts that family knows; `raw` always fits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_agent.decode.common import DecodeError
+from edge_agent.decode.description import ModelDescription, TensorInfo
+from edge_agent.decode.options import DecodeOptions
+from edge_agent.decode.yolo import YoloLayout
+from edge_agent.errors import EdgeAgentError
+
+DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+# Anchor-free heads put one box per cell of each stride's grid: 8400 at 640 for strides 8/16/32.
+YOLO_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64), (4, 8, 16, 32))
+YOLO_V5_ANCHORS_PER_CELL = 3
+END2END_VALUES = 6  # x1, y1, x2, y2, score, class
+
+# (name, task, what the outputs look like): the vocabulary of errors and of `inspect`.
+KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
+    ("classification", "classification", "one output [1, N] of class scores"),
+    ("ssd-postprocess", "detection", "4 outputs of TFLite_Detection_PostProcess: boxes [1, K, 4], classes [1, K], scores [1, K], count [1]"),
+    ("yolo-v8", "detection", "one output [1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores (YOLOv8/v11)"),
+    ("yolo-v5", "detection", "one output [1, N, 5+nc]: cx, cy, w, h, objectness, nc class scores (YOLOv5)"),
+    ("yolo-end2end", "detection", "one output [1, K, 6]: x1, y1, x2, y2, score, class (NMS inside the model)"),
+    ("raw", "raw", "any outputs, summarised"),
+)
+
+
+@dataclass(frozen=True)
+class LayoutMatch:
+    """The layout chosen for a model, why, and what its decoder needs to know."""
+
+    layout: str
+    task: str
+    why: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class _NoMatch(EdgeAgentError):
+    """A family's reason for not fitting (collected for the explanation; never leaves this module)."""
+
+
+def layouts_for(task: str) -> list[str]:
+    return [f"{name}: {shape}" for name, layout_task, shape in KNOWN_LAYOUTS if layout_task == task]
+
+
+def match_layout(description: ModelDescription, task: str, options: DecodeOptions = DecodeOptions(),
+                 labels_count: int | None = None) -> LayoutMatch:
+    """The layout for `task` ("auto": the first family that fits); DecodeError when an explicit task fits none."""
+    if task == "raw":
+        return LayoutMatch("raw", "raw", "task = \"raw\": every output summarised")
+    families = [(name, family_task, matcher) for name, family_task, matcher in _FAMILIES if task in ("auto", family_task)]
+    reasons = []
+    for name, family_task, matcher in families:
+        try:
+            return matcher(description, options, labels_count, task != "auto")
+        except _NoMatch as err:
+            reasons.append(f"{name}: {err}")
+    shapes = description.output_shapes
+    if task == "auto":
+        return LayoutMatch("raw", "raw", f"no known layout fits the outputs {shapes}; they are summarised as raw",
+                           {"unplaced": shapes, "rejected": reasons})
+    known = "; ".join(layouts_for(task))
+    raise DecodeError(
+        f"task {task!r} cannot decode {description.name}: its outputs are {shapes} "
+        f"({'; '.join(reasons)}). The {task} layouts the agent knows: {known}. "
+        'Use task = "raw" to publish the outputs as they are, or the task that fits them'
+    )
+
+
+def explain_layout(description: ModelDescription, task: str = "auto", options: DecodeOptions = DecodeOptions(),
+                   labels_count: int | None = None) -> dict[str, Any]:
+    """For `inspect`: the layout matched and why, or the shapes that could not be placed and the layouts known."""
+    try:
+        match = match_layout(description, task, options, labels_count)
+    except DecodeError as err:
+        return {"task": task, "layout": None, "error": str(err), "known_layouts": _known_layouts()}
+    report: dict[str, Any] = {"task": match.task, "layout": match.layout, "why": match.why}
+    if match.layout == "raw" and "unplaced" in match.params:
+        report["unplaced_outputs"] = match.params["unplaced"]
+        report["rejected"] = match.params["rejected"]
+        report["known_layouts"] = _known_layouts()
+    return report
+
+
+def _known_layouts() -> list[str]:
+    return [f"{name} ({task}): {shape}" for name, task, shape in KNOWN_LAYOUTS]
+
+
+# --- families -------------------------------------------------------------------------------------
+def _classification(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    outputs = description.outputs
+    if len(outputs) != 1:
+        raise _NoMatch(f"needs one output, the model has {len(outputs)}")
+    shape = outputs[0].shape
+    wide = [d for d in shape if d != 1]
+    if shape[0] != 1 or len(wide) != 1 or wide[0] < 2 or (len(shape) != 2 and not explicit):
+        raise _NoMatch(f"the output {list(shape)} is not one vector of class scores [1, N]")
+    return LayoutMatch("classification", "classification",
+                       f"one output {list(shape)}: {wide[0]} class scores", {"classes": wide[0]})
+
+
+def _ssd_postprocess(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    outputs = description.outputs
+    has_op = DETECTION_POSTPROCESS_OP in description.operators
+    if len(outputs) != 4:
+        raise _NoMatch(f"needs the 4 outputs of {DETECTION_POSTPROCESS_OP}, the model has {len(outputs)}")
+    roles = tuple(description.output_roles)
+    if has_op and sorted(roles) == ["boxes", "classes", "count", "scores"]:
+        return LayoutMatch("ssd-postprocess", "detection",
+                           f"the model ends in {DETECTION_POSTPROCESS_OP}; the file says which output holds "
+                           f"boxes, classes, scores and count ({', '.join(roles)})", {"roles": roles})
+    boxes = [o for o in outputs if len(o.shape) == 3 and o.shape[-1] == 4]
+    counts = [o for o in outputs if int(np.prod(o.shape)) == 1]
+    if len(boxes) == 1 and len(counts) == 1 and (has_op or explicit):
+        return LayoutMatch("ssd-postprocess", "detection",
+                           "4 outputs shaped like SSD post-processing (boxes [1, K, 4], count [1]); "
+                           "classes and scores are told apart by name or values", {"roles": None})
+    raise _NoMatch("the 4 outputs are not boxes [1, K, 4], classes, scores and a count [1]")
+
+
+def yolo_grid_sizes(height: int, width: int) -> dict[int, str]:
+    """Anchor-free box counts (one box per grid cell over each stride) for an input size -> description."""
+    sizes = {}
+    for strides in YOLO_STRIDE_SETS:
+        cells = sum(math.ceil(height / s) * math.ceil(width / s) for s in strides)
+        sizes.setdefault(cells, "strides " + "/".join(map(str, strides)))
+    return sizes
+
+
+def _yolo(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    outputs = description.outputs
+    if len(outputs) != 1:
+        raise _NoMatch(f"needs one output, the model has {len(outputs)}")
+    output = outputs[0]
+    shape = output.shape
+    if len(shape) != 3 or shape[0] != 1 or min(shape[1:]) < END2END_VALUES:
+        raise _NoMatch(f"the output {list(shape)} is not [1, C, N] / [1, N, C] with C >= 6")
+    export = description.export
+    if export.task and export.task not in ("detect", "obb"):
+        raise _NoMatch(f"the model's metadata says its task is {export.task!r}, not detection")
+    if export.task == "obb":
+        raise _NoMatch("oriented boxes (YOLO-OBB) are not decoded")
+    a, b = shape[1], shape[2]
+    grid = yolo_grid_sizes(description.input_height, description.input_width) if description.input_height else {}
+    v5_grid = {YOLO_V5_ANCHORS_PER_CELL * cells: f"3 anchors per cell, {how}" for cells, how in grid.items()}
+    classes_known = export.class_count if export.class_count else labels_count
+
+    if b == END2END_VALUES and (export.end2end or a not in grid):
+        return _yolo_match(description, output, YoloLayout("end2end", False, 0, a, False), options,
+                           f"one output {list(shape)}: {a} rows of x1, y1, x2, y2, score, class "
+                           + ("(the metadata says NMS is inside the model)" if export.end2end else
+                              f"({a} is not a grid size for a {description.input_height}x{description.input_width} input)"))
+    for boxes, channels, channels_first in ((b, a, True), (a, b, False)):
+        orientation = "[1, C, N]" if channels_first else "[1, N, C]"
+        if boxes in grid and channels >= 5:
+            return _yolo_match(description, output, YoloLayout("v8", channels_first, channels - 4, boxes, False), options,
+                               f"one output {list(shape)} = {orientation}: N = {boxes} is the anchor-free grid of a "
+                               f"{description.input_height}x{description.input_width} input ({grid[boxes]}), "
+                               f"so cx, cy, w, h + {channels - 4} class scores (YOLOv8/v11)")
+        if boxes in v5_grid and channels >= 6 and export.producer != "ultralytics":
+            return _yolo_match(description, output, YoloLayout("v5", channels_first, channels - 5, boxes, False), options,
+                               f"one output {list(shape)} = {orientation}: N = {boxes} is {v5_grid[boxes]} of a "
+                               f"{description.input_height}x{description.input_width} input, "
+                               f"so cx, cy, w, h, objectness + {channels - 5} class scores (YOLOv5)")
+    # a grid of its own (custom strides or head): the smaller side holds the values
+    channels_first = a < b
+    channels, boxes = (a, b) if channels_first else (b, a)
+    orientation = "[1, C, N]" if channels_first else "[1, N, C]"
+    if classes_known == channels - 5 and export.producer != "ultralytics":
+        return _yolo_match(description, output, YoloLayout("v5", channels_first, channels - 5, boxes, False), options,
+                           f"one output {list(shape)} = {orientation} with {classes_known} labels = C - 5: "
+                           "cx, cy, w, h, objectness + class scores (YOLOv5)")
+    if export.producer == "ultralytics" or explicit or classes_known == channels - 4:
+        evidence = ("Ultralytics metadata" if export.producer == "ultralytics" else
+                    f"{classes_known} labels = C - 4" if classes_known == channels - 4 else "task = \"detection\"")
+        return _yolo_match(description, output, YoloLayout("v8", channels_first, channels - 4, boxes, False), options,
+                           f"one output {list(shape)} = {orientation} ({evidence}): cx, cy, w, h + "
+                           f"{channels - 4} class scores (YOLOv8/v11)")
+    raise _NoMatch(f"{list(shape)} has no YOLO grid size for a {description.input_height}x{description.input_width} "
+                   f"input ({', '.join(map(str, sorted(grid)))} for v8, 3x that for v5) and nothing else says it is YOLO")
+
+
+def _yolo_match(description: ModelDescription, output: TensorInfo, layout: YoloLayout, options: DecodeOptions,
+                why: str) -> LayoutMatch:
+    pixel, units_why = _box_units(description, output, layout, options)
+    layout = YoloLayout(layout.kind, layout.channels_first, layout.classes, layout.boxes, pixel)
+    name = {"v8": "yolo-v8", "v5": "yolo-v5", "end2end": "yolo-end2end"}[layout.kind]
+    return LayoutMatch(name, "detection", f"{why}; boxes {units_why}", {"yolo": layout})
+
+
+def _box_units(description: ModelDescription, output: TensorInfo, layout: YoloLayout,
+               options: DecodeOptions) -> tuple[bool, str]:
+    """Normalised or pixel boxes, decided from the model once (never from a frame's values)."""
+    if options.box_units != "auto":
+        return options.box_units == "pixels", f"in {options.box_units} units (box_units)"
+    if output.quantized:
+        info = np.iinfo(output.dtype)
+        largest = (info.max - output.zero_point) * output.scale
+        if largest > 2.0:  # coordinates in 0..1 need no range beyond it; pixel coordinates do
+            return True, f"in input pixels (the int8 output reaches {largest:.4g})"
+        return False, f"normalised to 0-1 (the quantised output ends at {largest:.4g})"
+    if layout.kind == "end2end" and description.export.producer == "ultralytics" and description.input_layout == "nchw":
+        return True, "in input pixels (an Ultralytics LiteRT export with NMS: NCHW input)"
+    return False, "normalised to 0-1 (as Ultralytics' TFLite exports write them; set box_units = \"pixels\" if not)"
+
+
+_FAMILIES: list[tuple[str, str, Callable[..., LayoutMatch]]] = [
+    ("ssd-postprocess", "detection", _ssd_postprocess),
+    ("yolo", "detection", _yolo),
+    ("classification", "classification", _classification),
+]

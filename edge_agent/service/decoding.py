@@ -1,0 +1,95 @@
+"""Where the loaded model meets the decoders: its description, the layout that fits, the decoder built once.
+
+The decode package never sees an interpreter: this module turns a LoadedModel into a
+ModelDescription (tensor shapes, dtypes, quantisation, operators, the SSD op's output roles,
+the exporter's metadata) and the pipeline config into DecodeOptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from edge_agent.config import PipelineConfig
+from edge_agent.decode import (
+    DecodeOptions,
+    Decoder,
+    ExportFacts,
+    LayoutMatch,
+    ModelDescription,
+    TensorInfo,
+    explain_layout,
+    make_decoder,
+    match_layout,
+)
+from edge_agent.preprocess import PreprocessError, image_input_layout
+from edge_agent.runtime import LoadedModel, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecoderChoice:
+    task: str
+    match: LayoutMatch
+    decode: Decoder
+    labels: list[str] | None
+
+
+def describe_model(model: LoadedModel) -> ModelDescription:
+    """The model as the decoders see it."""
+    try:
+        height, width, _, layout = image_input_layout(model.input)
+    except PreprocessError:
+        height, width, layout = 0, 0, ""
+    metadata = model.file.export_metadata
+    export = ExportFacts()
+    if metadata is not None:
+        for problem in metadata.problems:
+            logger.warning("%s: metadata.json: %s (that field is ignored)", model.name, problem)
+        export = ExportFacts(
+            producer="ultralytics", task=metadata.task, end2end=metadata.end2end, keypoint_shape=metadata.kpt_shape,
+            keypoint_names=metadata.kpt_names, class_count=len(metadata.names) or None,
+        )
+    roles = model.file.detection_output_roles
+    return ModelDescription(
+        name=model.name,
+        input=_tensor_info(model.input),
+        input_height=height,
+        input_width=width,
+        input_layout=layout,
+        outputs=tuple(_tensor_info(spec) for spec in model.outputs),
+        operators=tuple(model.file.operator_counts),
+        output_roles=tuple(roles.get(spec.index, "") for spec in model.outputs),
+        export=export,
+    )
+
+
+def decode_options(config: PipelineConfig) -> DecodeOptions:
+    return DecodeOptions(
+        threshold=config.threshold, label_thresholds=config.thresholds, iou=config.iou,
+        max_detections=config.max_detections, top_k=config.top_k, box_units=config.box_units,
+    )
+
+
+def choose_decoder(model: LoadedModel, config: PipelineConfig, labels: list[str] | None) -> DecoderChoice:
+    """Match the model's outputs to a layout for the pipeline's task and build its decoder; DecodeError if none fits."""
+    description = describe_model(model)
+    options = decode_options(config)
+    match = match_layout(description, config.task, options, len(labels) if labels else None)
+    decode, fitted_labels = make_decoder(match, description, options, labels)
+    logger.info("%s: %s layout (%s)", model.name, match.layout, match.why)
+    return DecoderChoice(match.task, match, decode, fitted_labels)
+
+
+def explain_model(model: LoadedModel, task: str = "auto") -> dict:
+    """For `edge-agent inspect`: which layout the outputs match and why."""
+    labels = model.file.labels
+    return explain_layout(describe_model(model), task, DecodeOptions(), len(labels) if labels else None)
+
+
+def _tensor_info(spec: TensorSpec) -> TensorInfo:
+    return TensorInfo(spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point)
+
+
+__all__ = ["DecoderChoice", "choose_decoder", "decode_options", "describe_model", "explain_model"]
