@@ -1,9 +1,13 @@
 """Turn a BGR frame into exactly what the model's input tensor wants, without per-frame allocations.
 
-Everything is derived from the input tensor (size, channels, dtype, quantisation) and the
-pipeline's options (resize mode, colour order, mean/std). Pixel values go through a 256-entry
-look-up table that folds normalisation and quantisation into one pass, so a uint8/int8/float32
-input costs the same. OpenCV is used here only for resize and colour conversion.
+Everything is derived from the input tensor (size, channels, layout, dtype, quantisation) and the
+pipeline's options (resize mode, letterbox padding, colour order, mean/std). Pixel values go through
+a 256-entry look-up table that folds normalisation and quantisation into one pass, so a
+uint8/int8/float32 input costs the same. Channel-last inputs [1, H, W, C] get the table applied to
+the whole image; channel-first inputs [1, C, H, W] (Ultralytics' LiteRT exports) get each colour
+plane taken out of the BGR image (in the model's colour order, so no colour conversion) and its
+table applied straight into the tensor's plane: the same number of passes, no extra copy.
+OpenCV is used here only for resize, colour conversion and the per-plane work.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from edge_agent.config import PreprocessOptions
 from edge_agent.runtime import TensorSpec
 from edge_agent.errors import InputError
 
-LETTERBOX_PAD_PIXEL = 0
+LETTERBOX_PAD_PIXEL = 0  # the default; Ultralytics models are trained with 114 (the service derives it)
 
 
 class PreprocessError(InputError, ValueError):
@@ -39,13 +43,20 @@ class Preprocessor:
     def __init__(self, spec: TensorSpec, options: PreprocessOptions):
         self.spec = spec
         self.options = options
-        self.height, self.width, self.channels = image_input_size(spec)
+        self.height, self.width, self.channels, self.layout = image_input_layout(spec)
+        self.pad = LETTERBOX_PAD_PIXEL if options.pad is None else options.pad
         self._lut = _value_lut(spec, options, self.channels)
+        self._planar = self.layout == "nchw" and self.channels == 3
+        if self._planar:  # one [256] table per model channel, and which BGR plane feeds it
+            per_channel = self._lut.reshape(256, -1)
+            self._plane_luts = [np.ascontiguousarray(per_channel[:, min(c, per_channel.shape[1] - 1)]) for c in range(3)]
+            self._plane_sources = (2, 1, 0) if options.color == "rgb" else (0, 1, 2)
+            self._plane = np.empty((self.height, self.width), np.uint8)
         self._geometry_cache: dict[tuple[int, int], Geometry] = {}
         self._scratch: dict[str, np.ndarray] = {}
         self._last_geometry: Geometry | None = None
         self._converted = np.empty((self.height, self.width, self.channels), np.uint8)
-        self._canvas = np.full((self.height, self.width, self.channels), LETTERBOX_PAD_PIXEL, np.uint8)
+        self._canvas = np.full((self.height, self.width, self.channels), self.pad, np.uint8)
 
     def new_buffer(self) -> np.ndarray:
         """An array shaped and typed like the input tensor, to prepare frames into."""
@@ -55,12 +66,21 @@ class Preprocessor:
         """Resize, convert and normalise `image` (BGR uint8) into `out` (from new_buffer)."""
         geometry = self.geometry_for(image.shape[0], image.shape[1])
         if geometry is not self._last_geometry:  # a new frame size: old letterbox content must go
-            self._canvas.fill(LETTERBOX_PAD_PIXEL)
+            self._canvas.fill(self.pad)
             self._last_geometry = geometry
         (cy0, cy1, cx0, cx1), (ry0, ry1, rx0, rx1) = geometry.crop, geometry.region
         source = image[cy0:cy1, cx0:cx1]
         resized = self._resize(source, rx1 - rx0, ry1 - ry0)
         target = self._canvas if (ry1 - ry0, rx1 - rx0) != (self.height, self.width) else self._converted
+        if self._planar:
+            if target is self._canvas:
+                target[ry0:ry1, rx0:rx1] = resized
+                resized = target
+            planes = out.reshape(3, self.height, self.width)
+            for channel, plane_source in enumerate(self._plane_sources):
+                cv2.extractChannel(resized, plane_source, dst=self._plane)
+                cv2.LUT(self._plane, self._plane_luts[channel], dst=planes[channel])
+            return geometry
         if self.channels == 1:
             gray = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY, dst=self._buffer("gray", resized.shape[:2]))
             target[ry0:ry1, rx0:rx1, 0] = gray
@@ -105,10 +125,8 @@ class Preprocessor:
 
 
 def image_input_size(spec: TensorSpec) -> tuple[int, int, int]:
-    """(height, width, channels) of an image input [1, H, W, C] with C in 1 or 3; else PreprocessError."""
-    height, width, channels, layout = image_input_layout(spec)
-    if layout != "nhwc":
-        raise PreprocessError(f"the model's input {spec.name!r} {list(spec.shape)} is channel-first (NCHW)")
+    """(height, width, channels) of an image input, channel-last or channel-first; else PreprocessError."""
+    height, width, channels, _ = image_input_layout(spec)
     return height, width, channels
 
 

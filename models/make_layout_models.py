@@ -300,7 +300,10 @@ def copy_mediapipe(wheel: Path, out: Path) -> dict[str, str]:
     with zipfile.ZipFile(wheel) as archive:
         for name, member in members.items():
             write_file_atomically(out / name, archive.read(member))
-    source = f"from `{wheel.name}` (PyPI, `pip download mediapipe==0.10.14 --no-deps`), {{}}; MediaPipe, Apache-2.0"
+        licence = next(n for n in archive.namelist() if n.endswith(".dist-info/LICENSE"))
+        write_file_atomically(out / "LICENSE.mediapipe", archive.read(licence))  # Apache-2.0 asks for a copy
+    source = (f"from `{wheel.name}` (PyPI, `pip download mediapipe==0.10.14 --no-deps`), {{}}; MediaPipe, Apache-2.0 "
+              "(licence text: `LICENSE.mediapipe`)")
     return {
         "face_detection_short_range.tflite": source.format(members["face_detection_short_range.tflite"])
         + ". BlazeFace short range: input [1, 128, 128, 3] float in [-1, 1], outputs regressors [1, 896, 16] and "

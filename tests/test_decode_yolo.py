@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.config import PreprocessOptions
 from decode_support import BLUE, RED, active_model, cxcywh_to_yxyx, decode_frame, input_mean, model_to_frame, planted, solid_frame
 from support import MODELS, RUNTIMES
 from edge_agent.decode import ClassCountError, DecodeError
@@ -33,26 +34,59 @@ def assert_detections(decoded, expected, score_tolerance: float = 1e-5, box_tole
         np.testing.assert_allclose(box, want_box, atol=box_tolerance)
 
 
-RED_MEAN = input_mean(FRAME_H, FRAME_W, 1.0)  # 0.75: the red frame covers 48 of the 64 rows
+ULTRALYTICS_PAD = 114  # models with Ultralytics metadata get letterbox padding 114 unless configured
+# the red mean of a red 160x120 frame letterboxed into 64x64: 48 of the 64 rows are frame, 16 padding
+RED_MEAN = input_mean(FRAME_H, FRAME_W, 1.0, pad=ULTRALYTICS_PAD)
+BLUE_MEAN = input_mean(FRAME_H, FRAME_W, 0.0, pad=ULTRALYTICS_PAD)  # the grey padding has red in it too
+# name: (layout, factor of the red box's score, padding)
 FLOAT_MODELS = {
-    "yolov8_float": ("yolo-v8", 1.0),
-    "yolov8_transposed": ("yolo-v8", 1.0),
-    "yolov5_float": ("yolo-v5", planted.V5_OBJECTNESS),  # score = objectness x class score
-    "yolo_end2end": ("yolo-end2end", 1.0),
+    "yolov8_float": ("yolo-v8", 1.0, ULTRALYTICS_PAD),
+    "yolov8_transposed": ("yolo-v8", 1.0, 0),
+    "yolov5_float": ("yolo-v5", planted.V5_OBJECTNESS, 0),  # score = objectness x class score
+    "yolo_end2end": ("yolo-end2end", 1.0, ULTRALYTICS_PAD),
+    "yolo_end2end_nchw_pixels": ("yolo-end2end", 1.0, ULTRALYTICS_PAD),  # boxes in input pixels
 }
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", list(FLOAT_MODELS))
 def test_planted_boxes_come_back_at_frame_coordinates_through_letterbox(name, runtime):
-    layout, red_factor = FLOAT_MODELS[name]
-    active = active_model(name, runtime=runtime)
+    layout, red_factor, pad = FLOAT_MODELS[name]
+    # Ultralytics models get letterbox and its padding from their metadata; the others are told
+    options = PreprocessOptions() if pad == ULTRALYTICS_PAD else PreprocessOptions(resize="letterbox")
+    active = active_model(name, runtime=runtime, preprocess=options)
     assert active.task == "detection" and active.layout.layout == layout
+    assert active.preprocessor.pad == pad
     red = decode_frame(active, solid_frame(FRAME_H, FRAME_W, RED))
-    assert_detections(red, expected_detections(RED_MEAN * red_factor))
+    assert_detections(red, expected_detections(input_mean(FRAME_H, FRAME_W, 1.0, pad) * red_factor), box_tolerance=2e-5)
     blue = decode_frame(active, solid_frame(FRAME_H, FRAME_W, BLUE))
-    assert_detections(blue, expected_detections(0.0))
+    assert_detections(blue, expected_detections(input_mean(FRAME_H, FRAME_W, 0.0, pad) * red_factor), box_tolerance=2e-5)
     assert all(d.label == (planted.NAMES[d.id] if name != "yolov5_float" else str(d.id)) for d in red.detections)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_full_integer_nchw_model_decodes_within_a_quantisation_step(runtime):
+    """int8 in (NCHW [1, 3, 64, 64]), int8 out: the red box's score follows the red mean, boxes land at
+    the same frame coordinates within one step of the output's scale."""
+    active = active_model("yolov8_nchw_int8", runtime=runtime, preprocess=PreprocessOptions())
+    output = active.model.outputs[0]
+    assert active.model.input.shape == (1, 3, 64, 64) and active.model.input.dtype == np.int8
+    assert output.dtype == np.int8 and active.layout.layout == "yolo-v8" and "normalised" in active.layout.why
+    step = output.scale * 1.5  # one output step, plus the input's rounding
+    for frame, red_mean in ((solid_frame(FRAME_H, FRAME_W, RED), RED_MEAN), (solid_frame(FRAME_H, FRAME_W, BLUE), BLUE_MEAN)):
+        assert_detections(decode_frame(active, frame), expected_detections(red_mean), score_tolerance=2 * step, box_tolerance=2 * step)
+
+
+def test_pixel_boxes_are_recognised_from_the_model():
+    nchw = active_model("yolo_end2end_nchw_pixels")
+    assert nchw.layout.params["yolo"].pixel_boxes and "input pixels" in nchw.layout.why
+    assert not active_model("yolo_end2end").layout.params["yolo"].pixel_boxes
+
+
+def test_configured_preprocessing_wins_over_what_the_model_says():
+    active = active_model("yolov8_float", preprocess=PreprocessOptions(resize="stretch", pad=0),
+                          preprocess_keys=("resize", "pad"))
+    assert active.preprocessor.options.resize == "stretch" and active.preprocessor.pad == 0
 
 
 def test_labels_come_from_ultralytics_metadata_and_from_the_attached_file():

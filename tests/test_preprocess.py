@@ -237,8 +237,12 @@ def internal_arrays(preprocessor: Preprocessor) -> dict[str, int]:
         (spec((1, 224, 224, 3), np.uint8, 1 / 255, 0), PreprocessOptions(resize="letterbox", color="bgr")),
         (spec((1, 224, 224, 1), np.int8, 1 / 255, -128), PreprocessOptions(resize="center_crop")),
         (spec((1, 224, 224, 1), np.float32), PreprocessOptions(resize="letterbox")),
+        (spec((1, 3, 224, 224), np.float32), PreprocessOptions(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))),
+        (spec((1, 3, 224, 224), np.int8, 1 / 255, -128), PreprocessOptions(resize="letterbox", pad=114)),
+        (spec((1, 1, 224, 224), np.uint8, 1 / 255, 0), PreprocessOptions(resize="center_crop")),
     ],
-    ids=["float-per-channel", "uint8-letterbox", "int8-gray-crop", "float-gray-letterbox"],
+    ids=["float-per-channel", "uint8-letterbox", "int8-gray-crop", "float-gray-letterbox",
+         "nchw-float-per-channel", "nchw-int8-letterbox-114", "nchw-gray-crop"],
 )
 def test_preparing_again_reuses_every_buffer(input_spec, options):
     preprocessor = Preprocessor(input_spec, options)
@@ -290,3 +294,59 @@ def test_options_that_do_not_fit_the_input_are_refused():
         Preprocessor(spec((1, 8, 8, 1), np.float32), PreprocessOptions(mean=(1.0, 2.0, 3.0)))
     with pytest.raises(PreprocessError, match="int32"):
         Preprocessor(spec((1, 8, 8, 3), np.int32), PreprocessOptions())
+
+
+# --- channel-first inputs [1, C, H, W] (Ultralytics >= 8.4 exports through LiteRT) ----------------------
+NCHW_CASES = [
+    (np.float32, 0.0, 0, PreprocessOptions()),
+    (np.float32, 0.0, 0, PreprocessOptions(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))),
+    (np.int8, 1 / 255, -128, PreprocessOptions()),
+    (np.uint8, 0.02, 7, PreprocessOptions(mean=(10.0, 20.0, 30.0), std=(50.0, 40.0, 30.0))),
+    (np.float32, 0.0, 0, PreprocessOptions(color="bgr")),
+    (np.float32, 0.0, 0, PreprocessOptions(resize="letterbox", pad=114)),
+    (np.int8, 1 / 255, -128, PreprocessOptions(resize="center_crop")),
+]
+
+
+@pytest.mark.parametrize("dtype, scale, zero_point, options", NCHW_CASES)
+def test_channel_first_input_is_the_channel_last_result_transposed(dtype, scale, zero_point, options):
+    """Same frame, same options: the NCHW tensor holds exactly the NHWC values, plane by plane."""
+    nhwc = Preprocessor(spec((1, 48, 64, 3), dtype, scale, zero_point), options)
+    nchw = Preprocessor(spec((1, 3, 48, 64), dtype, scale, zero_point), options)
+    assert nchw.layout == "nchw" and (nchw.height, nchw.width, nchw.channels) == (48, 64, 3)
+    frame = np.random.default_rng(4).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    out_last, out_first = nhwc.new_buffer(), nchw.new_buffer()
+    assert out_first.shape == (1, 3, 48, 64)
+    assert nhwc.prepare(frame, out_last) == nchw.prepare(frame, out_first)
+    np.testing.assert_array_equal(out_first[0], out_last[0].transpose(2, 0, 1))
+
+
+def test_channel_first_quantised_input_gets_exactly_the_formula():
+    mean, std = (127.5,), (127.5,)
+    preprocessor = Preprocessor(spec((1, 3, 16, 16), np.int8, 1 / 128, 0), PreprocessOptions(mean=mean, std=std))
+    out = preprocessor.new_buffer()
+    frame = every_pixel_value_frame(channels_differ=True)
+    preprocessor.prepare(frame, out)
+    expected = expected_quantised(frame[..., ::-1], mean, std, 1 / 128, 0, np.int8)  # RGB
+    np.testing.assert_array_equal(out[0], expected.transpose(2, 0, 1))
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 2] = 255
+    preprocessor.prepare(red, out)
+    assert np.all(out[0, 0] == 127) and np.all(out[0, 1:] == -128), "plane 0 is red in RGB order"
+
+
+def test_letterbox_pad_value_fills_the_padding_and_survives_a_frame_size_change():
+    preprocessor = Preprocessor(spec((1, 3, 96, 96), np.uint8, 1 / 255, 0), PreprocessOptions(resize="letterbox", pad=114))
+    out = preprocessor.new_buffer()
+    preprocessor.prepare(np.full((120, 160, 3), 200, np.uint8), out)
+    assert np.all(out[0, :, :12] == 114) and np.all(out[0, :, 84:] == 114) and np.all(out[0, :, 12:84] == 200)
+    preprocessor.prepare(np.full((160, 120, 3), 50, np.uint8), out)
+    assert np.all(out[0, :, :, :12] == 114) and np.all(out[0, :, :, 12:84] == 50) and np.all(out[0, :, :12, 40] == 50)
+
+
+def test_gray_channel_first_input():
+    preprocessor = Preprocessor(spec((1, 1, 16, 16), np.uint8, 1 / 255, 0), PreprocessOptions())
+    out = preprocessor.new_buffer()
+    frame = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    preprocessor.prepare(frame, out)
+    np.testing.assert_array_equal(out[0, 0], cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))

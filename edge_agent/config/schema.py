@@ -135,6 +135,8 @@ class PreprocessOptions:
     std: tuple[float, ...] = setting((255.0,), "1 or 3 values, not 0; quantised inputs then get the tensor's "
                                                "scale and zero point", minimum=-1000.0, maximum=1000.0,
                                      expected="a list of 1 or 3 numbers", check=_std_problem)
+    pad: int | None = setting(None, "letterbox padding pixel (what the model was trained with)", minimum=0, maximum=255,
+                              default_text="114 for models with Ultralytics metadata, else 0")
 
 
 PREPROCESS_KEYS = tuple(f.name for f in fields(PreprocessOptions))

@@ -19,7 +19,7 @@ from edge_agent.config import PipelineConfig
 from edge_agent.preprocess import Geometry, Preprocessor
 from edge_agent.records import Decoded, ModelRef  # Decoded: re-exported for callers that import it from here
 from edge_agent.runtime import LoadedModel, load_model_file, parse_labels
-from edge_agent.service.decoding import choose_decoder
+from edge_agent.service.decoding import choose_decoder, preprocess_options
 from edge_agent.service.model_source import apply_manifest, open_model
 from edge_agent.errors import InputError
 
@@ -39,7 +39,7 @@ class ActiveModel:
     def __init__(self, model: LoadedModel, config: PipelineConfig, labels: list[str] | None, version: str = ""):
         self.model = model
         self.ref = ModelRef(model.name, model.sha256, version)
-        self.preprocessor = Preprocessor(model.input, config.preprocess)
+        self.preprocessor = Preprocessor(model.input, preprocess_options(model, config))
         choice = self._make_decoder(config, labels)
         self.task = choice.task
         self.layout = choice.match

@@ -7,10 +7,11 @@ the exporter's metadata) and the pipeline config into DecodeOptions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
-from edge_agent.config import PipelineConfig
+from edge_agent.config import PipelineConfig, PreprocessOptions
 from edge_agent.decode import (
     DecodeOptions,
     Decoder,
@@ -63,6 +64,23 @@ def describe_model(model: LoadedModel) -> ModelDescription:
         output_roles=tuple(roles.get(spec.index, "") for spec in model.outputs),
         export=export,
     )
+
+
+ULTRALYTICS_PAD_PIXEL = 114  # the grey Ultralytics letterboxes with, in training and in its own predict
+
+
+def preprocess_options(model: LoadedModel, config: PipelineConfig) -> PreprocessOptions:
+    """The pipeline's preprocessing, with what the model says about itself where the user set nothing:
+    an Ultralytics model (it carries metadata.json) was trained on letterboxed images padded with 114."""
+    options = config.preprocess
+    if model.file.export_metadata is not None:
+        derived = {}
+        if "resize" not in config.preprocess_keys:
+            derived["resize"] = "letterbox"
+        if "pad" not in config.preprocess_keys and options.pad is None:
+            derived["pad"] = ULTRALYTICS_PAD_PIXEL
+        options = dataclasses.replace(options, **derived)
+    return options
 
 
 def decode_options(config: PipelineConfig) -> DecodeOptions:
