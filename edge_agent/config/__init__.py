@@ -28,7 +28,14 @@ before this change), so pydantic alone would have cost more than the whole margi
 
 from edge_agent.config.parser import ConfigError, load_config, parse_config, read_toml
 from edge_agent.config.schema import (
+    ANCHOR_PRESETS,
     BOX_UNITS,
+    NMS_ALGORITHMS,
+    AnchorsConfig,
+    BoxDecoderConfig,
+    anchor_ssd_problems,
+    resolve_anchor_preset,
+    resolve_anchor_ssd,
     COLOR_ORDERS,
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -64,7 +71,8 @@ from edge_agent.config.schema import (
 from edge_agent.config.setting import REQUIRED, Setting, setting
 
 __all__ = [
-    "BOX_UNITS", "COLOR_ORDERS", "DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR", "DEFAULT_THRESHOLD", "DELEGATE_CHOICES",
+    "ANCHOR_PRESETS", "BOX_UNITS", "NMS_ALGORITHMS", "AnchorsConfig", "BoxDecoderConfig", "anchor_ssd_problems",
+    "resolve_anchor_preset", "resolve_anchor_ssd", "COLOR_ORDERS", "DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR", "DEFAULT_THRESHOLD", "DELEGATE_CHOICES",
     "DELEGATE_FAILURE_CHOICES", "LOG_LEVELS", "PICAMERA_PATTERN", "PREPROCESS_KEYS", "RESIZE_MODES",
     "RUNTIME_CHOICES", "SERIAL_FORMATS", "SINK_CHOICES", "SOURCE_KINDS", "SPOOL_POLICIES", "STREAM_SCHEMES",
     "TASK_CHOICES", "TASKS", "REQUIRED", "AgentConfig", "ConfigError", "DelegateSpec", "ModelsConfig",

@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edge_agent.config import DEFAULT_THRESHOLD
+from edge_agent.config import ANCHOR_PRESETS, DEFAULT_THRESHOLD
+from edge_agent.decode.anchors import AnchorSsdDecoder
 from edge_agent.decode.classification import ClassificationDecoder
 from edge_agent.decode.common import DecodeError
 from edge_agent.decode.description import ModelDescription
@@ -51,6 +52,21 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
         decoder = YoloDecoder(layout, outputs[0].quant, outputs[0].dtype,
                               (description.input_height, description.input_width), labels, thresholds, threshold,
                               options.iou if options.iou is not None else DEFAULT_IOU, options.max_detections)
+        return decoder, labels
+    if match.layout == "anchor-ssd":
+        params = match.params
+        preset = ANCHOR_PRESETS.get(params["preset"], {})
+        decoder_options = params["box_decoder"]
+        if labels:
+            labels = _fit_class_labels(labels, params["classes"], description, "scores hold")
+        else:
+            labels = list(preset.get("labels", ())) or None
+        if options.threshold is None and decoder_options.min_score_thresh is not None:
+            threshold = decoder_options.min_score_thresh
+        iou = options.iou if options.iou is not None else preset.get("iou", DEFAULT_IOU)
+        boxes, scores = outputs[params["boxes_index"]], outputs[params["scores_index"]]
+        decoder = AnchorSsdDecoder(params["anchors"], decoder_options, params["boxes_index"], params["scores_index"],
+                                   boxes.quant, scores.quant, scores.dtype, labels, threshold, iou, options.max_detections)
         return decoder, labels
     return RawDecoder([o.name for o in outputs], [o.quant for o in outputs]), labels
 

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_agent.config import ANCHOR_PRESETS, resolve_anchor_preset
+from edge_agent.decode.anchors import check_anchor_count, generate_anchors
 from edge_agent.decode.common import DecodeError
 from edge_agent.decode.description import ModelDescription, TensorInfo
 from edge_agent.decode.options import DecodeOptions
@@ -32,6 +34,8 @@ KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
     ("yolo-v8", "detection", "one output [1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores (YOLOv8/v11)"),
     ("yolo-v5", "detection", "one output [1, N, 5+nc]: cx, cy, w, h, objectness, nc class scores (YOLOv5)"),
     ("yolo-end2end", "detection", "one output [1, K, 6]: x1, y1, x2, y2, score, class (NMS inside the model)"),
+    ("anchor-ssd", "detection", "2 outputs: box regressors [1, N, num_coords] and scores [1, N, classes], decoded against "
+     "anchors from [anchors] or a preset (MediaPipe BlazeFace, palm detection)"),
     ("raw", "raw", "any outputs, summarised"),
 )
 
@@ -215,8 +219,52 @@ def _box_units(description: ModelDescription, output: TensorInfo, layout: YoloLa
     return False, "normalised to 0-1 (as Ultralytics' TFLite exports write them; set box_units = \"pixels\" if not)"
 
 
+def _anchor_ssd(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    outputs = description.outputs
+    if len(outputs) != 2:
+        raise _NoMatch(f"needs 2 outputs (box regressors and scores), the model has {len(outputs)}")
+    shapes = [o.shape for o in outputs]
+    flat = [(o.shape[-2], o.shape[-1]) if len(o.shape) in (3, 4) and all(d == 1 for d in o.shape[:-2]) else None
+            for o in outputs]
+    if None in flat or flat[0][0] != flat[1][0]:
+        raise _NoMatch(f"the outputs {[list(s) for s in shapes]} are not [1, N, coords] and [1, N, classes] with one N")
+    boxes_index = 0 if flat[0][1] > flat[1][1] else 1
+    scores_index = 1 - boxes_index
+    boxes, coords = flat[boxes_index]
+    classes = flat[scores_index][1]
+    if coords < 4:
+        raise _NoMatch(f"the box regressors have {coords} values per box, fewer than 4")
+    size = f"{description.input_height}x{description.input_width}"
+    head = f"box regressors {list(outputs[boxes_index].shape)} and scores {list(outputs[scores_index].shape)}"
+    params = {"boxes_index": boxes_index, "scores_index": scores_index, "classes": classes}
+    if options.anchors is not None:
+        anchors = generate_anchors(options.anchors, description.input_height, description.input_width)
+        where = f"preset {options.anchors.preset}" if options.anchors.preset else "[anchors]"
+        check_anchor_count(anchors, boxes, where + (" with your overrides" if options.anchors.preset else ""))
+        if options.box_decoder.num_coords != coords:
+            raise DecodeError(f"box_decoder.num_coords is {options.box_decoder.num_coords} but {description.name}'s "
+                              f"box regressors {list(outputs[boxes_index].shape)} hold {coords} values per box: fix num_coords")
+        return LayoutMatch("anchor-ssd", "detection", f"{head}, decoded against {len(anchors)} anchors from {where}",
+                           {**params, "anchors": anchors, "box_decoder": options.box_decoder, "preset": options.anchors.preset})
+    for preset in ANCHOR_PRESETS:
+        anchor_options, decoder = resolve_anchor_preset(preset)
+        if (anchor_options.input_size_height, anchor_options.input_size_width) != (description.input_height, description.input_width):
+            continue
+        anchors = generate_anchors(anchor_options, description.input_height, description.input_width)
+        if len(anchors) == boxes and decoder.num_coords == coords:
+            return LayoutMatch("anchor-ssd", "detection",
+                               f"{head}: the {size} input, {boxes} boxes and {coords} values per box fit preset {preset}",
+                               {**params, "anchors": anchors, "box_decoder": decoder, "preset": preset})
+    message = (f"{head} look like an anchor-SSD head, but no preset fits ({boxes} boxes, {coords} values per box, "
+               f"{size} input): set [pipelines.NAME.anchors] (SsdAnchorsCalculatorOptions) and [box_decoder]")
+    if explicit:
+        raise DecodeError(message)
+    raise _NoMatch(message)
+
+
 _FAMILIES: list[tuple[str, str, Callable[..., LayoutMatch]]] = [
     ("ssd-postprocess", "detection", _ssd_postprocess),
+    ("anchor-ssd", "detection", _anchor_ssd),
     ("yolo", "detection", _yolo),
     ("classification", "classification", _classification),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_agent.config import BOX_UNITS  # noqa: F401 (re-exported: the choices of box_units)
+from edge_agent.config import BOX_UNITS, AnchorsConfig, BoxDecoderConfig  # noqa: F401 (BOX_UNITS re-exported)
 
 
 @dataclass(frozen=True)
@@ -15,3 +15,5 @@ class DecodeOptions:
     max_detections: int = 20
     top_k: int = 3
     box_units: str = "auto"  # YOLO boxes: decided from the model unless set
+    anchors: AnchorsConfig | None = None  # anchor-SSD heads; None: a preset that fits the model, if any
+    box_decoder: BoxDecoderConfig | None = None

@@ -39,8 +39,8 @@ class ActiveModel:
     def __init__(self, model: LoadedModel, config: PipelineConfig, labels: list[str] | None, version: str = ""):
         self.model = model
         self.ref = ModelRef(model.name, model.sha256, version)
-        self.preprocessor = Preprocessor(model.input, preprocess_options(model, config))
         choice = self._make_decoder(config, labels)
+        self.preprocessor = Preprocessor(model.input, preprocess_options(model, config, choice.match))
         self.task = choice.task
         self.layout = choice.match
         self.labels = choice.labels

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from edge_agent.config import PipelineConfig, PreprocessOptions
+from edge_agent.config import ANCHOR_PRESETS, PipelineConfig, PreprocessOptions, resolve_anchor_ssd
 from edge_agent.decode import (
     DecodeOptions,
     Decoder,
@@ -69,24 +69,28 @@ def describe_model(model: LoadedModel) -> ModelDescription:
 ULTRALYTICS_PAD_PIXEL = 114  # the grey Ultralytics letterboxes with, in training and in its own predict
 
 
-def preprocess_options(model: LoadedModel, config: PipelineConfig) -> PreprocessOptions:
+def preprocess_options(model: LoadedModel, config: PipelineConfig, match: LayoutMatch | None = None) -> PreprocessOptions:
     """The pipeline's preprocessing, with what the model says about itself where the user set nothing:
-    an Ultralytics model (it carries metadata.json) was trained on letterboxed images padded with 114."""
+    an Ultralytics model (it carries metadata.json) was trained on letterboxed images padded with 114;
+    an anchor preset brings its graph's preprocessing (MediaPipe's faces: letterbox, values in -1..1)."""
     options = config.preprocess
+    derived: dict = {}
     if model.file.export_metadata is not None:
-        derived = {}
-        if "resize" not in config.preprocess_keys:
-            derived["resize"] = "letterbox"
-        if "pad" not in config.preprocess_keys and options.pad is None:
-            derived["pad"] = ULTRALYTICS_PAD_PIXEL
-        options = dataclasses.replace(options, **derived)
-    return options
+        derived = {"resize": "letterbox", "pad": ULTRALYTICS_PAD_PIXEL}
+    preset = match.params.get("preset") if match is not None else None
+    if preset:
+        derived = dict(ANCHOR_PRESETS[preset]["preprocess"])
+    unset = {key: value for key, value in derived.items()
+             if key not in config.preprocess_keys and not (key == "pad" and options.pad is not None)}
+    return dataclasses.replace(options, **unset) if unset else options
 
 
 def decode_options(config: PipelineConfig) -> DecodeOptions:
+    anchors, box_decoder = resolve_anchor_ssd(config.anchors, config.box_decoder) if config.anchors else (None, None)
     return DecodeOptions(
         threshold=config.threshold, label_thresholds=config.thresholds, iou=config.iou,
         max_detections=config.max_detections, top_k=config.top_k, box_units=config.box_units,
+        anchors=anchors, box_decoder=box_decoder,
     )
 
 
