@@ -13,6 +13,7 @@ from edge_agent.decode.common import DecodeError
 from edge_agent.decode.description import ModelDescription
 from edge_agent.decode.layouts import LayoutMatch
 from edge_agent.decode.options import DecodeOptions
+from edge_agent.decode.pose import MoveNetMultiDecoder, MoveNetSingleDecoder, YoloPoseDecoder
 from edge_agent.decode.raw import RawDecoder
 from edge_agent.decode.ssd import SsdDecoder, ssd_order_from_roles
 from edge_agent.decode.yolo import YoloDecoder
@@ -42,7 +43,7 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
         roles = match.params["roles"]
         order = ssd_order_from_roles(roles) if roles else None
         return SsdDecoder(order, [o.name for o in outputs], labels, threshold, options.max_detections), labels
-    if match.layout.startswith("yolo-"):
+    if match.layout in ("yolo-v8", "yolo-v5", "yolo-end2end"):
         layout = match.params["yolo"]
         if layout.classes:
             labels = _fit_class_labels(labels, layout.classes, description,
@@ -52,6 +53,18 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
         decoder = YoloDecoder(layout, outputs[0].quant, outputs[0].dtype,
                               (description.input_height, description.input_width), labels, thresholds, threshold,
                               options.iou if options.iou is not None else DEFAULT_IOU, options.max_detections)
+        return decoder, labels
+    if match.layout == "movenet-single":
+        return MoveNetSingleDecoder(outputs[0].quant, match.params["names"], labels, threshold), labels
+    if match.layout == "movenet-multi":
+        return MoveNetMultiDecoder(outputs[0].quant, labels, threshold, options.max_detections), labels
+    if match.layout == "yolo-pose":
+        layout = match.params["pose"]
+        if labels:
+            labels = _fit_class_labels(labels, layout.classes, description, f"output {list(outputs[0].shape)} holds", " (yolo-pose layout)")
+        decoder = YoloPoseDecoder(layout, outputs[0].quant, outputs[0].dtype, (description.input_height, description.input_width),
+                                  match.params["names"], labels, threshold, options.iou if options.iou is not None else DEFAULT_IOU,
+                                  options.max_detections)
         return decoder, labels
     if match.layout == "anchor-ssd":
         params = match.params

@@ -26,6 +26,7 @@ DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 YOLO_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64), (4, 8, 16, 32))
 YOLO_V5_ANCHORS_PER_CELL = 3
 END2END_VALUES = 6  # x1, y1, x2, y2, score, class
+MOVENET_MULTI_VALUES = 56
 
 # (name, task, what the outputs look like): the vocabulary of errors and of `inspect`.
 KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
@@ -36,6 +37,10 @@ KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
     ("yolo-end2end", "detection", "one output [1, K, 6]: x1, y1, x2, y2, score, class (NMS inside the model)"),
     ("anchor-ssd", "detection", "2 outputs: box regressors [1, N, num_coords] and scores [1, N, classes], decoded against "
      "anchors from [anchors] or a preset (MediaPipe BlazeFace, palm detection)"),
+    ("movenet-single", "pose", "one output [1, 1, 17, 3]: y, x, score per COCO keypoint (MoveNet Lightning/Thunder)"),
+    ("movenet-multi", "pose", "one output [1, 6, 56]: per person 17 x (y, x, score), then ymin, xmin, ymax, xmax, score"),
+    ("yolo-pose", "pose", "one output [1, 4+nc+17x3, N] or [1, N, 4+nc+17x3]: box, class scores, 17 x (x, y, visibility) "
+     "(YOLOv8/v11-pose; other keypoint counts from the metadata's kpt_shape)"),
     ("raw", "raw", "any outputs, summarised"),
 )
 
@@ -262,9 +267,80 @@ def _anchor_ssd(description: ModelDescription, options: DecodeOptions, labels_co
     raise _NoMatch(message)
 
 
+COCO_KEYPOINT_COUNT = 17
+MAX_MOVENET_PEOPLE = 20
+
+
+def _pose(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    from edge_agent.decode.pose import COCO_KEYPOINTS, YoloPoseLayout
+
+    outputs = description.outputs
+    if len(outputs) != 1:
+        raise _NoMatch(f"needs one output, the model has {len(outputs)}")
+    output = outputs[0]
+    shape = list(output.shape)
+    export = description.export
+    if export.task and export.task != "pose":
+        raise _NoMatch(f"the model's metadata says its task is {export.task!r}, not pose")
+
+    def unexpected(count: int, layout: str) -> LayoutMatch:
+        message = (f"the output {shape} is {layout}'s layout but holds {count} keypoints, not COCO's "
+                   f"{COCO_KEYPOINT_COUNT}: the agent decodes COCO's 17 (or a count the model's metadata kpt_shape declares)")
+        if explicit:
+            raise DecodeError(message)
+        raise _NoMatch(message)
+
+    if len(shape) == 4 and shape[:2] == [1, 1] and shape[3] == 3:
+        if shape[2] != COCO_KEYPOINT_COUNT:
+            return unexpected(shape[2], "MoveNet single-pose")
+        return LayoutMatch("movenet-single", "pose", f"one output {shape}: 17 keypoints of y, x, score (MoveNet single-pose)",
+                           {"names": COCO_KEYPOINTS})
+    if len(shape) != 3 or shape[0] != 1:
+        raise _NoMatch(f"the output {shape} is none of [1, 1, 17, 3], [1, P, 56], [1, 4+nc+3k, N]")
+    if shape[1] <= MAX_MOVENET_PEOPLE and shape[2] > 5 and (shape[2] - 5) % 3 == 0 and not export.task:
+        if shape[2] != MOVENET_MULTI_VALUES:
+            return unexpected((shape[2] - 5) // 3, "MoveNet multi-pose")
+        return LayoutMatch("movenet-multi", "pose", f"one output {shape}: up to {shape[1]} people of 17 x (y, x, score) "
+                           "+ box + score (MoveNet multi-pose)", {})
+    grid = yolo_grid_sizes(description.input_height, description.input_width) if description.input_height else {}
+    a, b = shape[1], shape[2]
+    channels_first = b in grid or (a not in grid and a < b)
+    channels, boxes = (a, b) if channels_first else (b, a)
+    if export.keypoint_shape:
+        keypoints, per_keypoint = export.keypoint_shape
+        classes = export.class_count or 1
+        if channels != 4 + classes + keypoints * per_keypoint:
+            raise DecodeError(f"{description.name}'s metadata says kpt_shape {list(export.keypoint_shape)} with {classes} "
+                              f"classes, i.e. {4 + classes + keypoints * per_keypoint} values per box, but the output "
+                              f"{shape} holds {channels}: the metadata does not belong to this model")
+        evidence = "the metadata's kpt_shape"
+    else:
+        classes, per_keypoint = 1, 3
+        if (channels - 5) % 3 or channels < 8:
+            raise _NoMatch(f"the output {shape} has no room for a box, one class and (x, y, visibility) keypoints")
+        keypoints = (channels - 5) // 3
+        if not (explicit or export.task == "pose" or (boxes in grid and keypoints == COCO_KEYPOINT_COUNT)):
+            raise _NoMatch(f"the output {shape} is not a YOLO-pose head of a {description.input_height}x"
+                           f"{description.input_width} input (N = {sorted(grid)}, 56 values)")
+        if keypoints != COCO_KEYPOINT_COUNT:
+            return unexpected(keypoints, "YOLO-pose")
+        evidence = "56 = 4 box + 1 class + 17 x 3"
+    if len(export.keypoint_names) == keypoints:
+        names = export.keypoint_names
+    else:
+        names = COCO_KEYPOINTS if keypoints == COCO_KEYPOINT_COUNT else tuple(str(k) for k in range(keypoints))
+    probe = YoloLayout("v8", channels_first, classes, boxes, False)
+    pixel, units_why = _box_units(description, output, probe, options)
+    layout = YoloPoseLayout(channels_first, classes, keypoints, per_keypoint, pixel)
+    orientation = "[1, C, N]" if channels_first else "[1, N, C]"
+    return LayoutMatch("yolo-pose", "pose", f"one output {shape} = {orientation} ({evidence}): box, {classes} class "
+                       f"score(s), {keypoints} keypoints (YOLO-pose); boxes {units_why}", {"pose": layout, "names": names})
+
+
 _FAMILIES: list[tuple[str, str, Callable[..., LayoutMatch]]] = [
     ("ssd-postprocess", "detection", _ssd_postprocess),
     ("anchor-ssd", "detection", _anchor_ssd),
+    ("pose", "pose", _pose),
     ("yolo", "detection", _yolo),
     ("classification", "classification", _classification),
 ]
