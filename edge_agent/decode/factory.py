@@ -15,6 +15,7 @@ from edge_agent.decode.layouts import LayoutMatch
 from edge_agent.decode.options import DecodeOptions
 from edge_agent.decode.pose import MoveNetMultiDecoder, MoveNetSingleDecoder, YoloPoseDecoder
 from edge_agent.decode.raw import RawDecoder
+from edge_agent.decode.segmentation import SegmentationDecoder
 from edge_agent.decode.ssd import SsdDecoder, ssd_order_from_roles
 from edge_agent.decode.yolo import YoloDecoder
 from edge_agent.records import Decoded
@@ -53,6 +54,16 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
         decoder = YoloDecoder(layout, outputs[0].quant, outputs[0].dtype,
                               (description.input_height, description.input_width), labels, thresholds, threshold,
                               options.iou if options.iou is not None else DEFAULT_IOU, options.max_detections)
+        return decoder, labels
+    if match.layout.startswith("segmentation-"):
+        params = dict(match.params)
+        if params["kind"] == "scores" and labels:
+            labels = _fit_class_labels(labels, params["classes"], description, f"output {list(outputs[0].shape)} holds")
+        if params["kind"] == "ids" and labels:
+            params["classes"] = len(labels)  # ids beyond the labels are no class
+        decoder = SegmentationDecoder(params["kind"], params["height"], params["width"], params["classes"],
+                                      params["channels_first"], outputs[0].quant, outputs[0].dtype, labels, threshold,
+                                      options.max_detections)
         return decoder, labels
     if match.layout == "movenet-single":
         return MoveNetSingleDecoder(outputs[0].quant, match.params["names"], labels, threshold), labels

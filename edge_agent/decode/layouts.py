@@ -41,6 +41,9 @@ KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
     ("movenet-multi", "pose", "one output [1, 6, 56]: per person 17 x (y, x, score), then ymin, xmin, ymax, xmax, score"),
     ("yolo-pose", "pose", "one output [1, 4+nc+17x3, N] or [1, N, 4+nc+17x3]: box, class scores, 17 x (x, y, visibility) "
      "(YOLOv8/v11-pose; other keypoint counts from the metadata's kpt_shape)"),
+    ("segmentation-scores", "segmentation", "one output [1, H, W, C] (or [1, C, H, W]) of class scores or logits"),
+    ("segmentation-ids", "segmentation", "one output [1, H, W] of integer class ids"),
+    ("segmentation-foreground", "segmentation", "one output [1, H, W, 1] of foreground probability (MediaPipe selfie)"),
     ("raw", "raw", "any outputs, summarised"),
 )
 
@@ -337,10 +340,56 @@ def _pose(description: ModelDescription, options: DecodeOptions, labels_count, e
                        f"score(s), {keypoints} keypoints (YOLO-pose); boxes {units_why}", {"pose": layout, "names": names})
 
 
+MAX_SEGMENTATION_CLASSES = 1024
+
+
+def _segmentation(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    from edge_agent.decode.segmentation import map_fits_input
+
+    outputs = description.outputs
+    if len(outputs) != 1:
+        raise _NoMatch(f"needs one output, the model has {len(outputs)}")
+    output = outputs[0]
+    shape = list(output.shape)
+    size = (description.input_height, description.input_width)
+    if description.export.task and description.export.task != "semantic":
+        raise _NoMatch(f"the model's metadata says its task is {description.export.task!r}, not semantic segmentation")
+    integer_ids = np.dtype(output.dtype).kind in "iu" and not output.quantized
+    if len(shape) == 3 and shape[0] == 1 and map_fits_input(shape[1], shape[2], *size):
+        if integer_ids:
+            classes = labels_count or MAX_SEGMENTATION_CLASSES
+            return LayoutMatch("segmentation-ids", "segmentation", f"one output {shape} of {output.dtype.name} class ids "
+                               f"(a {shape[1]}x{shape[2]} map of the {size[0]}x{size[1]} input)",
+                               {"kind": "ids", "height": shape[1], "width": shape[2], "classes": classes, "channels_first": False})
+        return LayoutMatch("segmentation-foreground", "segmentation", f"one output {shape}: a {shape[1]}x{shape[2]} "
+                           "foreground probability map", {"kind": "foreground", "height": shape[1], "width": shape[2],
+                                                          "classes": 1, "channels_first": False})
+    if len(shape) == 4 and shape[0] == 1:
+        layouts = [(False, shape[1], shape[2], shape[3]), (True, shape[2], shape[3], shape[1])]
+        if description.input_layout == "nchw":
+            layouts.reverse()
+        for channels_first, height, width, channels in layouts:
+            if not map_fits_input(height, width, *size) or channels > MAX_SEGMENTATION_CLASSES:
+                continue
+            where = f"a {height}x{width} map of the {size[0]}x{size[1]} input" + (", channels first" if channels_first else "")
+            if channels == 1:
+                kind = "ids" if integer_ids else "foreground"
+                what = "class ids" if integer_ids else "foreground probability"
+                return LayoutMatch(f"segmentation-{kind}", "segmentation", f"one output {shape}: {what} ({where})",
+                                   {"kind": kind, "height": height, "width": width,
+                                    "classes": (labels_count or MAX_SEGMENTATION_CLASSES) if integer_ids else 1,
+                                    "channels_first": False})
+            return LayoutMatch("segmentation-scores", "segmentation", f"one output {shape}: {channels} class scores per "
+                               f"pixel ({where})", {"kind": "scores", "height": height, "width": width,
+                                                    "classes": channels, "channels_first": channels_first})
+    raise _NoMatch(f"the output {shape} is not a per-pixel map with the {size[0]}x{size[1]} input's aspect ratio")
+
+
 _FAMILIES: list[tuple[str, str, Callable[..., LayoutMatch]]] = [
     ("ssd-postprocess", "detection", _ssd_postprocess),
     ("anchor-ssd", "detection", _anchor_ssd),
     ("pose", "pose", _pose),
     ("yolo", "detection", _yolo),
+    ("segmentation", "segmentation", _segmentation),
     ("classification", "classification", _classification),
 ]
