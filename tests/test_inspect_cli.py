@@ -108,3 +108,37 @@ def test_unusable_file_exits_2_with_one_line(name):
     assert "Traceback" not in result.stderr
     expected = "does not exist" if name == "missing.tflite" else "not a valid TFLite model"
     assert expected in line
+
+
+# --- the layout the outputs match, and why (issue 11) -------------------------------------------------
+def test_yolo_report_says_which_layout_matched_and_why():
+    report = inspect_json(MODELS / "yolov8_nchw_int8.tflite")
+    assert report["task"] == "detection"
+    layout = report["layout"]
+    assert layout["layout"] == "yolo-v8" and "N = 84 is the anchor-free grid of a 64x64 input" in layout["why"]
+    assert "normalised" in layout["why"]
+    assert report["labels"] == ["red", "green", "blue"]
+    assert report["export_metadata"]["task"] == "detect" and report["export_metadata"]["imgsz"] == [64, 64]
+
+
+def test_anchor_ssd_report_names_the_preset():
+    layout = inspect_json(MODELS / "face_detection_short_range.tflite")["layout"]
+    assert layout["layout"] == "anchor-ssd" and "preset mediapipe-face-short-range" in layout["why"]
+
+
+def test_an_unplaceable_model_lists_its_shapes_and_the_known_layouts():
+    report = inspect_json(MODELS / "pose_13_keypoints.tflite")
+    layout = report["layout"]
+    assert report["task"] == "raw" and layout["unplaced_outputs"] == [[1, 1, 13, 3]]
+    assert any("13 keypoints" in reason for reason in layout["rejected"])
+    assert any(known.startswith("movenet-single (pose)") for known in layout["known_layouts"])
+    text = inspect(MODELS / "pose_13_keypoints.tflite").stdout.splitlines()
+    assert "unplaced  output [1, 1, 13, 3]" in text and any(line.startswith("known     classification") for line in text)
+
+
+def test_inspect_for_a_task_that_cannot_decode_the_model_explains_why():
+    report = inspect_json(MODELS / "yolov8_float.tflite", "--task", "pose")
+    assert report["layout"]["layout"] is None and "[[1, 7, 84]]" in report["layout"]["error"]
+    assert report["task"] == "detection"  # what auto would pick still shows
+    assert "movenet-single" in report["layout"]["error"]
+    assert inspect_json(MODELS / "yolov8_float.tflite", "--task", "raw")["layout"]["layout"] == "raw"

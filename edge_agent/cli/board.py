@@ -117,14 +117,18 @@ def add_inspect(commands: argparse._SubParsersAction) -> None:
     inspect = commands.add_parser("inspect", help="show a model's inputs, outputs, operators, labels and task")
     inspect.add_argument("model")
     inspect.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    inspect.add_argument("--task", choices=TASK_CHOICES, default="auto",
+                         help="explain whether this task can decode the model (default: the layout auto would pick)")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=inspect_command)
 
 
 def inspect_command(args: argparse.Namespace) -> int:
     from edge_agent.runtime.report import format_report, inspect_model
+    from edge_agent.service.decoding import explain_model
 
-    report = inspect_model(args.model, args.runtime)  # ModelFileError: exit 2, in main
+    # ModelFileError: exit 2, in main
+    report = inspect_model(args.model, args.runtime, lambda loaded: explain_model(loaded, args.task))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_OK
 

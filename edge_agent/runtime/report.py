@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from edge_agent.runtime.backends import RuntimeNotAvailable, import_runtime
 from edge_agent.runtime.delegates import DelegateError
-from edge_agent.runtime.model import ModelLoadError, guess_task, load_model_file
+from edge_agent.runtime.model import LoadedModel, ModelLoadError, guess_task, load_model_file
 from edge_agent.runtime.tflite_file import read_model_file
 
 
-def inspect_model(path: str | Path, runtime: str = "auto") -> dict:
-    """A JSON-ready description of the model; raises ModelFileError when the file is unusable."""
+def inspect_model(path: str | Path, runtime: str = "auto", explain_layout: Callable[[LoadedModel], dict] | None = None) -> dict:
+    """A JSON-ready description of the model; raises ModelFileError when the file is unusable.
+
+    `explain_layout` (the service's layout matcher, passed in so this module stays below the decoders)
+    says which output layout the model matched and why; its task replaces the plain guess."""
     model_file = read_model_file(path)
     report: dict = {
         "path": str(model_file.path),
@@ -45,6 +49,16 @@ def inspect_model(path: str | Path, runtime: str = "auto") -> dict:
     report["inputs"] = [spec.describe() for spec in loaded.inputs]
     report["outputs"] = [spec.describe() for spec in loaded.outputs]
     report["task"] = guess_task(model_file, loaded.outputs)
+    if explain_layout is not None:
+        report["layout"] = explain_layout(loaded)
+        layout = report["layout"]
+        # a task that cannot decode the model leaves what auto would pick standing
+        report["task"] = layout["task"] if layout.get("layout") else layout.get("auto_task", report["task"])
+    metadata = model_file.export_metadata
+    if metadata is not None:
+        report["export_metadata"] = {"producer": "ultralytics", "task": metadata.task, "imgsz": metadata.imgsz,
+                                     "classes": len(metadata.names), "end2end": metadata.end2end,
+                                     "kpt_shape": metadata.kpt_shape, "problems": list(metadata.problems)}
     return report
 
 
@@ -82,6 +96,24 @@ def format_report(report: dict) -> str:
     lines.append(f"operators {ops}")
     if report["custom_operators"]:
         lines.append(f"custom    {', '.join(report['custom_operators'])}")
+    layout = report.get("layout")
+    if layout:
+        if layout.get("layout"):
+            lines.append(f"layout    {layout['layout']}: {layout['why']}")
+        if layout.get("error"):
+            lines.append(f"layout    none for task {layout['task']!r}: {layout['error']}")
+        for shape in layout.get("unplaced_outputs", []):
+            lines.append(f"unplaced  output {shape}")
+        for reason in layout.get("rejected", []):
+            lines.append(f"  tried   {reason}")
+        if layout.get("known_layouts") and (layout.get("unplaced_outputs") or layout.get("error")):
+            lines.append("known     " + "\n          ".join(layout["known_layouts"]))
+    metadata = report.get("export_metadata")
+    if metadata:
+        lines.append(f"metadata  Ultralytics: task {metadata['task'] or '?'}, imgsz {metadata['imgsz']}, "
+                     f"{metadata['classes']} classes" + (", NMS inside" if metadata["end2end"] else ""))
+        for problem in metadata["problems"]:
+            lines.append(f"          ignored: {problem}")
     labels = report.get("labels")
     if labels:
         shown = ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else "")

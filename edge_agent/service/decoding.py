@@ -107,7 +107,11 @@ def choose_decoder(model: LoadedModel, config: PipelineConfig, labels: list[str]
 def explain_model(model: LoadedModel, task: str = "auto") -> dict:
     """For `edge-agent inspect`: which layout the outputs match and why."""
     labels = model.file.labels
-    return explain_layout(describe_model(model), task, DecodeOptions(), len(labels) if labels else None)
+    description = describe_model(model)
+    report = explain_layout(description, task, DecodeOptions(), len(labels) if labels else None)
+    if task != "auto":  # what auto would pick, beside the answer for the task asked about
+        report["auto_task"] = match_layout(description, "auto", DecodeOptions(), len(labels) if labels else None).task
+    return report
 
 
 def _tensor_info(spec: TensorSpec) -> TensorInfo:
