@@ -10,7 +10,7 @@ import sys
 from support import DEMO_MODEL, DEMO_VIDEO, REPO
 
 REQUIRED = {"interpreter_fps", "pipeline_fps", "ratio", "plain_loop_fps", "latency_ms", "peak_rss_mb",
-            "startup_s", "threads", "runtime", "model", "cpu_percent", "missing"}
+            "startup_s", "threads", "runtime", "model", "cpu_percent", "missing", "decode_ms"}
 
 
 def test_bench_json_reports_every_measurement_with_nothing_missing():
@@ -29,6 +29,7 @@ def test_bench_json_reports_every_measurement_with_nothing_missing():
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
     assert 20 < report["peak_rss_mb"] < 1000 and 0 < report["startup_s"] < 60
     assert report["threads"] == 1 and report["runtime"] in ("litert", "tflite-runtime")
+    assert 0 < report["decode_ms"] < 1000
 
 
 def test_bench_table_for_people(tmp_path):
@@ -38,7 +39,7 @@ def test_bench_table_for_people(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr
-    for row in ("interpreter alone", "agent end to end", "plain one-thread loop", "latency at 30 fps", "peak RSS",
+    for row in ("interpreter alone", "decode", "agent end to end", "plain one-thread loop", "latency at 30 fps", "peak RSS",
                 "start to first prediction"):
         assert row in result.stdout
 

@@ -49,6 +49,27 @@ def test_class_aware_nms_properties(data, iou, max_detections):
             assert len(rivals) and iou_one_to_many(boxes[j], boxes[rivals]).max() > iou - 1e-5
 
 
+@st.composite
+def many_scored_boxes(draw):
+    count = draw(st.integers(50, 400))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    corners = rng.random((count, 2), dtype=np.float32) * 0.8
+    boxes = np.concatenate([corners, corners + 0.05 + rng.random((count, 2), dtype=np.float32) * 0.3], axis=1)
+    scores = rng.permutation(count).astype(np.float32) / count + 0.001  # unique
+    return boxes, scores, rng.integers(0, draw(st.integers(1, 4)), count).astype(np.int32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(many_scored_boxes(), st.floats(0.2, 0.7), st.integers(1, 12))
+def test_nms_on_the_best_candidates_first_equals_nms_on_all(data, iou, max_detections):
+    """The growing-prefix shortcut gives exactly what suppressing every candidate gives."""
+    from edge_agent.decode.nms import _opencv_nms
+
+    boxes, scores, classes = data
+    everything = _opencv_nms(boxes, scores, classes, iou)[:max_detections]
+    np.testing.assert_array_equal(class_aware_nms(boxes, scores, classes, iou, max_detections), everything)
+
+
 def test_weighted_nms_averages_the_cluster_and_keeps_the_best_score():
     boxes = np.array([[0.0, 0.30, 0.4, 0.70], [0.0, 0.34, 0.4, 0.74], [0.5, 0.5, 0.9, 0.9]], np.float32)
     scores = np.array([0.9, 0.3, 0.8], np.float32)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.benchmark.agent_run import run_agent
+from edge_agent.benchmark.decode_time import decode_time_ms
 from edge_agent.benchmark.in_process import interpreter_fps, plain_loop_fps
 from edge_agent.data import DEMO_MODEL, demo_file
 from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
@@ -97,6 +98,8 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         seconds = options.seconds
         progress(f"interpreter alone ({seconds:g} s)…")
         interp_fps, invoke_ms = interpreter_fps(pipeline, seconds)
+        decode_ms, layout = decode_time_ms(pipeline)
+        progress(f"decode: {decode_ms:.3f} ms/frame median ({layout} layout)")
         progress(f"plain single-thread loop ({seconds:g} s)…")
         plain_fps = plain_loop_fps(pipeline, seconds, MqttConfig(host=host, port=port))
 
@@ -121,6 +124,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "source": options.source or "generated 640x480 MJPG video",
         "interpreter_fps": round(interp_fps, 1),
         "invoke_ms": round(invoke_ms, 3),
+        "decode_ms": round(decode_ms, 4),
         "pipeline_fps": round(full.fps, 1),
         "ratio": round(full.fps / interp_fps, 3),
         "plain_loop_fps": round(plain_fps, 1),
@@ -158,6 +162,7 @@ def format_results(r: dict) -> str:
         ("interpret stage", "on (tracking, events, counts, 2 zones, Home Assistant)" if r.get("interpret") else "off"),
         ("source", r["source"]),
         ("interpreter alone", f"{r['interpreter_fps']:.1f} fps ({r['invoke_ms']:.2f} ms/invoke)"),
+        ("decode", f"{r['decode_ms']:.3f} ms/frame median"),
         ("agent end to end", f"{r['pipeline_fps']:.1f} fps, ratio {r['ratio']:.2f} of the interpreter"),
         ("plain one-thread loop", f"{r['plain_loop_fps']:.1f} fps (agent is {r['speedup_over_plain_loop']:.2f}x)"),
         ("messages missing", str(r["missing"])),

@@ -31,7 +31,7 @@ def plain_loop_fps(pipeline: PipelineConfig, seconds: float, mqtt: MqttConfig) -
     """Frames per second of the plain loop on one thread, publishing at QoS 1."""
     active = build_active_model(pipeline)
     spec = active.model.input
-    geometry = active.preprocessor.geometry_for(spec.shape[1], spec.shape[2])  # stretch: boxes as they are
+    geometry = active.preprocessor.geometry_for(active.preprocessor.height, active.preprocessor.width)  # boxes as they are
     source = make_source(SourceSpec(uri=pipeline.source.uri, loop=True))
     publisher = MqttPublisher(mqtt, "bench-plain")
     topic = publisher.prediction_topic("plain")

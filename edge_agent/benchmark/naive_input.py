@@ -14,8 +14,9 @@ from edge_agent.runtime import TensorSpec
 
 def naive_input(image: np.ndarray, spec: TensorSpec, options: PreprocessOptions) -> np.ndarray:
     """`image` (BGR uint8) as the model's input array, the plain way."""
-    height, width = spec.shape[1], spec.shape[2]
-    channels = spec.shape[3] if len(spec.shape) == 4 else 1
+    channel_first = len(spec.shape) == 4 and spec.shape[1] in (1, 3) and spec.shape[3] not in (1, 3)
+    height, width = (spec.shape[2], spec.shape[3]) if channel_first else (spec.shape[1], spec.shape[2])
+    channels = spec.shape[1] if channel_first else spec.shape[3] if len(spec.shape) == 4 else 1
     resized = cv2.resize(image, (width, height))
     if channels == 1:
         pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[..., None]
@@ -29,4 +30,6 @@ def naive_input(image: np.ndarray, spec: TensorSpec, options: PreprocessOptions)
     else:
         info = np.iinfo(spec.dtype)
         values = np.clip(np.round(real / spec.scale + spec.zero_point), info.min, info.max).astype(spec.dtype)
+    if channel_first:  # what a hand-written loop does for an NCHW model: transpose (another copy)
+        values = np.ascontiguousarray(values.transpose(2, 0, 1))
     return values.reshape(spec.shape)

@@ -13,21 +13,38 @@ _KEEP_EVERY_SCORE = -1.0  # scores were thresholded before NMS; OpenCV's own fil
 
 def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float, max_detections: int) -> np.ndarray:
     """Indices of the boxes kept, best score first: a box is dropped when a better box of the same
-    class overlaps it by more than `iou`; at most `max_detections`."""
-    if len(boxes) == 0:
+    class overlaps it by more than `iou`; at most `max_detections`.
+
+    Greedy NMS decides each box from better boxes only, so running it on the best M candidates gives
+    exactly the first results of running it on all of them: M grows until max_detections are kept
+    (or every candidate is in), which keeps a low threshold's thousands of candidates cheap.
+    """
+    count = len(boxes)
+    if count == 0:
         return np.zeros(0, np.intp)
+    order = np.argsort(-scores, kind="stable")
+    prefix = min(count, max(4 * max_detections, 64))
+    while True:
+        chosen = order[:prefix]
+        kept = chosen[_opencv_nms(boxes[chosen], scores[chosen], class_ids[chosen], iou)]
+        if len(kept) >= max_detections or prefix == count:
+            return kept[:max_detections]
+        prefix = min(count, prefix * 4)
+
+
+def _opencv_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float) -> np.ndarray:
     xywh = np.empty((len(boxes), 4), np.float32)
     xywh[:, 0] = boxes[:, 1]
     xywh[:, 1] = boxes[:, 0]
     xywh[:, 2] = boxes[:, 3] - boxes[:, 1]
     xywh[:, 3] = boxes[:, 2] - boxes[:, 0]
     # no top_k: OpenCV applies it to the candidates before suppression, which would drop boxes that
-    # nothing suppresses; the kept list is cut afterwards instead
+    # nothing suppresses
     kept = cv2.dnn.NMSBoxesBatched(
         xywh, scores.astype(np.float32, copy=False), class_ids.astype(np.int32, copy=False),
         _KEEP_EVERY_SCORE, float(iou),
     )
-    return np.asarray(kept, np.intp).reshape(-1)[:max_detections]
+    return np.asarray(kept, np.intp).reshape(-1)
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
