@@ -161,3 +161,4 @@ def test_keys_beside_a_preset_override_it():
                                                               box_decoder={"min_score_thresh": 0.7, "nms": "plain"}))
     assert anchors.min_scale == 0.2 and anchors.max_scale == 0.75 and anchors.strides == (8, 16, 16, 16)
     assert box_decoder.min_score_thresh == 0.7 and box_decoder.nms == "plain" and box_decoder.x_scale == 128.0
+
