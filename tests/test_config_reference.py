@@ -39,7 +39,8 @@ def test_every_key_is_in_the_reference_with_its_table():
             assert f"| `{prefix}{f.name}` |" in reference, f.name
     for table in ("[spool]", "[models]", "[serial]", "[mqtt.tls]", "[pipelines.NAME.source]", "[pipelines.NAME.delegate]",
                   "[pipelines.NAME.events]", "[pipelines.NAME.zones.ZONE]", "[pipelines.NAME.labels.LABEL]",
-                  "[pipelines.NAME.publish]", "[homeassistant]"):
+                  "[pipelines.NAME.publish]", "[homeassistant]", "[pipelines.NAME.anchors]",
+                  "[pipelines.NAME.box_decoder]"):
         assert f"`{table}`" in reference, table
     assert "| `pipelines.NAME.edgetpu_device` |" in reference and "| `trusted_keys` |" in reference
 
