@@ -28,3 +28,14 @@ def test_decoding_keys_are_read():
     assert (config.task, config.iou, config.box_units) == ("pose", 0.6, "pixels")
     assert config.thresholds == (("person", 0.7), ("car", 0.4)) and config.preprocess.pad == 114
     assert "pad" in config.preprocess_keys
+
+
+def test_a_change_of_decoding_keys_swaps_the_model_without_restarting_the_pipeline():
+    from edge_agent.service.reload import plan_reload
+
+    def agent(**keys):
+        return parse_config({"pipelines": {"p": {"source": "0", "model": "m.tflite", **keys}}})
+
+    for keys in ({"iou": 0.6}, {"thresholds": {"car": 0.4}}, {"box_units": "pixels"}, {"anchors": {"preset": "mediapipe-face-short-range"}}):
+        plan = plan_reload(agent(), agent(**keys))
+        assert [p.name for p in plan.swap_model] == ["p"] and not plan.restart, keys

@@ -152,3 +152,11 @@ def test_an_ssd_model_still_decodes_as_before():
     decoded = decode_frame(active, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     assert 0 < len(decoded.detections) <= 10 and all(0.5 <= d.score <= 1 for d in decoded.detections)
     assert (MODELS / "ssd_tiny.tflite").exists()
+
+
+def test_thresholds_per_label_apply_to_ssd_models_too():
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    everything = decode_frame(active_model("ssd_tiny", preprocess=None, threshold=0.0), frame).detections
+    held = decode_frame(active_model("ssd_tiny", preprocess=None, threshold=0.0, thresholds=(("0", 0.8),)), frame).detections
+    assert held == tuple(d for d in everything if d.label != "0" or d.score >= 0.8)
+    assert len(held) < len(everything) and any(d.label == "0" for d in held)

@@ -43,7 +43,9 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
             labels = labels[1:]  # the op's class ids do not count the background entry of SSD label maps
         roles = match.params["roles"]
         order = ssd_order_from_roles(roles) if roles else None
-        return SsdDecoder(order, [o.name for o in outputs], labels, threshold, options.max_detections), labels
+        limits = label_limits(options, labels, threshold)
+        decoder = SsdDecoder(order, [o.name for o in outputs], labels, min([threshold, *limits.values()]), options.max_detections)
+        return _per_label(decoder, limits, threshold), labels
     if match.layout in ("yolo-v8", "yolo-v5", "yolo-end2end"):
         layout = match.params["yolo"]
         if layout.classes:
@@ -89,9 +91,11 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
             threshold = decoder_options.min_score_thresh
         iou = options.iou if options.iou is not None else preset.get("iou", DEFAULT_IOU)
         boxes, scores = outputs[params["boxes_index"]], outputs[params["scores_index"]]
+        limits = label_limits(options, labels, threshold)
         decoder = AnchorSsdDecoder(params["anchors"], decoder_options, params["boxes_index"], params["scores_index"],
-                                   boxes.quant, scores.quant, scores.dtype, labels, threshold, iou, options.max_detections)
-        return decoder, labels
+                                   boxes.quant, scores.quant, scores.dtype, labels, min([threshold, *limits.values()]),
+                                   iou, options.max_detections)
+        return _per_label(decoder, limits, threshold), labels
     return RawDecoder([o.name for o in outputs], [o.quant for o in outputs]), labels
 
 
@@ -106,6 +110,32 @@ def class_thresholds(options: DecodeOptions, labels: Sequence[str] | None, count
                               "use a label exactly as the model names it")
         values[names.index(label)] = value
     return values
+
+
+def label_limits(options: DecodeOptions, labels: Sequence[str] | None, threshold: float) -> dict[str, float]:
+    """The per-label thresholds, checked against the labels (for decoders that filter by label)."""
+    if not options.label_thresholds:
+        return {}
+    names = list(labels) if labels else []
+    for label, _ in options.label_thresholds:
+        if names and label not in names:
+            shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
+            raise DecodeError(f"thresholds: {label!r} is not one of the model's labels ({shown}): "
+                              "use a label exactly as the model names it")
+    return dict(options.label_thresholds)
+
+
+def _per_label(decoder: Decoder, limits: dict[str, float], threshold: float) -> Decoder:
+    """`decoder` (run at the lowest threshold) with each detection held to its label's threshold."""
+    if not limits:
+        return decoder
+
+    def decode(outputs, box_transform) -> Decoded:
+        decoded = decoder(outputs, box_transform)
+        kept = tuple(d for d in decoded.detections if d.score >= limits.get(d.label, threshold))
+        return Decoded(detections=kept)
+
+    return decode
 
 
 def _fit_class_labels(labels: list[str] | None, classes: int, description: ModelDescription, what: str,

@@ -18,6 +18,7 @@ from edge_agent.config import AgentConfig, PipelineConfig
 MODEL_FIELDS = frozenset({
     "model", "labels", "task", "runtime", "delegate", "on_delegate_failure", "num_threads",
     "top_k", "threshold", "max_detections", "preprocess",
+    "iou", "thresholds", "box_units", "anchors", "box_decoder",  # decoding: the decoder is rebuilt with the model
 })
 AGENT_FIELDS_NEEDING_RESTART = ("device_id", "state_dir", "mqtt", "spool", "serial", "trusted_keys", "allow_unsigned_models",
                                 "homeassistant",
