@@ -19,7 +19,7 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_NAMES = 100_000
 MAX_NAME_CHARS = 256
 MAX_IMAGE_SIDE = 100_000
-TASKS = ("detect", "segment", "pose", "classify", "obb", "semantic")
+ULTRALYTICS_TASKS = ("detect", "segment", "pose", "classify", "obb", "semantic")  # its own words
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def parse_export_metadata(data: bytes, as_json: bool) -> ExportMetadata:
     if end2end is None and isinstance(args, dict) and "nms" in args:
         end2end = args.get("nms")
     task = raw.get("task", "")
-    if task and task not in TASKS:
-        problems.append(f"task {str(task)[:40]!r} is not one of {', '.join(TASKS)}")
+    if task and task not in ULTRALYTICS_TASKS:
+        problems.append(f"task {str(task)[:40]!r} is not one of {', '.join(ULTRALYTICS_TASKS)}")
         task = ""
     kpt_shape = _int_pair(_literal(raw.get("kpt_shape")), "kpt_shape", problems, maximum=1000)
     return ExportMetadata(
