@@ -19,6 +19,9 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_NAMES = 100_000
 MAX_NAME_CHARS = 256
 MAX_IMAGE_SIDE = 100_000
+# ast.literal_eval (and the compiler under it) recurses per nesting level: 100,000 brackets crash the
+# process with a C stack overflow instead of raising, so deep text is refused before any parser sees it.
+MAX_NESTING = 32
 ULTRALYTICS_TASKS = ("detect", "segment", "pose", "classify", "obb", "semantic")  # its own words
 
 
@@ -89,6 +92,9 @@ def _load(data: bytes, as_json: bool, problems: list[str]) -> Any:
     except UnicodeDecodeError:
         problems.append(f"{METADATA_FILE} is not UTF-8 text")
         return None
+    if nesting_depth(text) > MAX_NESTING:
+        problems.append(f"{METADATA_FILE} nests more than {MAX_NESTING} levels deep")
+        return None
     try:
         return json.loads(text) if as_json else ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
@@ -96,9 +102,21 @@ def _load(data: bytes, as_json: bool, problems: list[str]) -> Any:
         return None
 
 
+def nesting_depth(text: str) -> int:
+    """The deepest bracket nesting, counting brackets inside strings too (so never less than the real depth)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _literal(value: Any) -> Any:
     """Some exporters store fields as Python-literal strings ("[640, 640]", "{0: 'person'}")."""
-    if isinstance(value, str) and value[:1] in "[{(" and len(value) <= MAX_METADATA_BYTES:
+    if isinstance(value, str) and value[:1] in "[{(" and len(value) <= MAX_METADATA_BYTES and nesting_depth(value) <= MAX_NESTING:
         try:
             return ast.literal_eval(value)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
