@@ -107,6 +107,8 @@ def data_setting(path: str, value) -> dict:
     table[parts[-1]] = value
     if parts[0] == "serial":
         table.setdefault("port", "/dev/ttyS0")
+    if len(parts) > 2 and parts[2] in ("anchors", "box_decoder"):  # these tables need a preset or their required keys
+        data["pipelines"]["cam"].setdefault("anchors", {}).setdefault("preset", "mediapipe-face-short-range")
     return data
 
 

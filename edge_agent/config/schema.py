@@ -388,6 +388,7 @@ class AnchorsConfig:
     anchor_offset_x: float | None = setting(None, "anchor centre within its cell", minimum=0.0, maximum=1.0, default_text="0.5")
     anchor_offset_y: float | None = setting(None, "anchor centre within its cell", minimum=0.0, maximum=1.0, default_text="0.5")
     strides: tuple[int, ...] | None = setting(None, "one stride per layer; equal strides share a grid",
+                                              minimum=1, cap=4096,
                                               item_check=lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096,
                                               expected="a list of whole numbers from 1 to 4096", key_type="list of integers",
                                               allowed="1 to 4096", default_text=_FROM_PRESET)
