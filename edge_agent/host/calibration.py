@@ -1,7 +1,7 @@
 """The representative dataset for full-integer quantisation, prepared exactly as the board prepares frames.
 
 `--calibration` names a folder of images (searched recursively), a .npy file, or a video
-clip from the camera (any file OpenCV reads; see `edge_agent.host.samples` for what each
+clip from the camera (any file OpenCV reads; see `edge_agent.samples` for what each
 may hold). At most `limit` samples are used, evenly spread over the sorted set (or through
 the clip) so the choice is reproducible. Images and video frames become model inputs
 through the board's own Preprocessor.
@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edge_agent.config import PreprocessOptions
-from edge_agent.host.samples import (
+from edge_agent.samples import (
     Progress,
     SampleError,
     SampleSet,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import PreprocessOptions
-from edge_agent.host.samples import Progress, SampleError, SampleSet, float_input_spec
+from edge_agent.samples import Progress, SampleError, SampleSet, float_input_spec
 from edge_agent.host.source_model import SourceModel, SourceModelError, first_line, tensor_name
 from edge_agent.host.tensorflow_loader import import_host_library, import_keras, import_tensorflow
 

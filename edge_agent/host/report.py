@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.atomic_file import write_file_atomically
 from edge_agent.host.edgetpu import Readiness
-from edge_agent.host.samples import SampleSet
+from edge_agent.samples import SampleSet
 from edge_agent.host.source_model import SourceModel
 from edge_agent.host.validate import ValidationResult
 from edge_agent.host.weights import WeightSparsity

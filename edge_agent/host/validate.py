@@ -18,16 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import PreprocessOptions
-from edge_agent.host.samples import (
-    Progress,
-    SampleError,
-    SampleSet,
-    float_input_spec,
-    list_images,
-    load_array_file,
-    read_images,
-    samples_from_array,
-)
+from edge_agent.samples import Progress, SampleError, SampleSet, float_input_spec, load_labelled_samples
 from edge_agent.host.source_model import SourceModel
 from edge_agent.runtime.model import LoadedModel, TensorSpec
 from edge_agent.errors import EdgeAgentError
@@ -67,54 +58,7 @@ class ValidationResult:
 def load_validation_data(path: Path, spec: TensorSpec, options: PreprocessOptions, labels: list[str] | None,
                          progress: Progress | None = None, purpose: str = PURPOSE) -> SampleSet:
     """Read the validation (or --fine-tune) samples and their class ids (see the module docstring for the layouts)."""
-    if not path.exists():
-        raise SampleError(f"{purpose}: {path} does not exist")
-    if path.is_dir():
-        return _load_folder(path, spec, labels, progress, purpose)
-    if path.suffix.lower() not in (".npz", ".npy"):
-        raise SampleError(f"{purpose}: {path} is neither a folder of images nor a .npz/.npy file")
-    arrays = load_array_file(path, purpose)
-    if "x" not in arrays:
-        raise SampleError(f"{purpose}: {path} has no array 'x' (it has {', '.join(sorted(arrays)) or 'none'})")
-    samples = samples_from_array(arrays["x"], spec, options, str(path), purpose)
-    if "y" in arrays:
-        samples.labels = _class_ids(arrays["y"], len(samples), path, purpose)
-    return samples
-
-
-def _load_folder(folder: Path, spec: TensorSpec, labels: list[str] | None, progress: Progress | None,
-                 purpose: str) -> SampleSet:
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
-    if not classes:
-        images = list_images(folder)
-        if not images:
-            raise SampleError(f"{purpose}: {folder} holds no images (expected one sub-folder of images per label)")
-        return SampleSet(str(folder), frames=read_images(images, spec, purpose, progress))
-    names = [c.name for c in classes]
-    if labels:
-        unknown = [n for n in names if n not in labels]
-        if unknown:
-            raise SampleError(f"{purpose}: sub-folders {unknown} are not in the labels file; name them after its labels")
-        ids = {n: labels.index(n) for n in names}
-    elif all(n.isdigit() for n in names):
-        ids = {n: int(n) for n in names}
-    else:
-        ids = {n: i for i, n in enumerate(names)}
-    paths, targets = [], []
-    for folder_path in classes:
-        for image in list_images(folder_path):
-            paths.append(image)
-            targets.append(ids[folder_path.name])
-    frames = read_images(paths, spec, purpose, progress)
-    return SampleSet(str(folder), frames=frames, labels=np.asarray(targets), class_names=names)
-
-
-def _class_ids(y: np.ndarray, count: int, path: Path, purpose: str) -> np.ndarray:
-    if y.ndim == 2:
-        y = y.argmax(axis=1)  # one-hot
-    if y.ndim != 1 or len(y) != count or not np.issubdtype(y.dtype, np.integer):
-        raise SampleError(f"{purpose}: {path}: 'y' must hold {count} integer class ids (or one-hot rows)")
-    return y.astype(np.int64)
+    return load_labelled_samples(path, spec, options, labels, purpose, progress)
 
 
 def validate_conversion(source: SourceModel, converted: LoadedModel, samples: SampleSet,

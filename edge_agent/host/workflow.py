@@ -31,7 +31,7 @@ from edge_agent.host.metadata import (
 )
 from edge_agent.host.pruning import PruneResult, check_prune_request, prune_model
 from edge_agent.host.report import build_report
-from edge_agent.host.samples import SampleError, SampleSet, float_input_spec
+from edge_agent.samples import SampleError, SampleSet, float_input_spec
 from edge_agent.host.source_model import SourceModel, SourceModelError, SourceOptions, load_source_model
 from edge_agent.host.tensorflow_loader import TensorFlowMissing, import_tensorflow
 from edge_agent.host.weights import WeightSparsity, compressed_size, kernel_latency, weight_sparsity

@@ -1,4 +1,6 @@
-"""Samples for calibration and validation, turned into model inputs exactly as the board does it.
+"""Samples for calibration, validation and evaluation, turned into model inputs exactly as the board does it.
+
+Board-side (no TensorFlow): `edge-agent evaluate` reads them on a board, `convert` on the workstation.
 
 A sample is either an image, kept as the BGR uint8 frame a camera would deliver, or an
 already-prepared tensor. Images become model inputs through the agent's own
@@ -96,13 +98,14 @@ def read_images(paths: list[Path], spec: TensorSpec, purpose: str, progress: Pro
     height, width, channels = image_size_of(spec, purpose)
     frames = []
     for number, path in enumerate(paths, 1):
-        frames.append(_read_image(path, height, width, channels, purpose))
+        frames.append(read_image(path, height, width, channels, purpose))
         if progress:
             progress(number, len(paths))
     return frames
 
 
-def _read_image(path: Path, height: int, width: int, channels: int, purpose: str) -> np.ndarray:
+def read_image(path: Path, height: int, width: int, channels: int, purpose: str) -> np.ndarray:
+    """One image file as a BGR frame; SampleError when it cannot feed a model of that input size."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise SampleError(f"{purpose}: {path} is not an image OpenCV can decode: remove it from the folder")
@@ -251,3 +254,62 @@ def load_array_file(path: Path, purpose: str) -> dict[str, np.ndarray]:
         return {"x": np.load(path, allow_pickle=False)}
     except (OSError, ValueError, EOFError) as err:
         raise SampleError(f"{purpose}: {path} cannot be read as a numpy file ({err})") from None
+
+
+def load_labelled_samples(path: Path, spec: TensorSpec, options: PreprocessOptions, labels: list[str] | None,
+                          purpose: str, progress: Progress | None = None) -> SampleSet:
+    """Samples and their class ids from a folder or a .npz/.npy file (`purpose` starts each error).
+
+    A folder holds one sub-folder of images per class (the folder name is the label; with
+    `labels` its position there is the class id, otherwise all-numeric names are the ids and
+    other names are numbered in sorted order) or unlabelled images; a .npz holds `x` and
+    optionally integer (or one-hot) `y`.
+    """
+    if not path.exists():
+        raise SampleError(f"{purpose}: {path} does not exist")
+    if path.is_dir():
+        return _load_folder(path, spec, labels, purpose, progress)
+    if path.suffix.lower() not in (".npz", ".npy"):
+        raise SampleError(f"{purpose}: {path} is neither a folder of images nor a .npz/.npy file")
+    arrays = load_array_file(path, purpose)
+    if "x" not in arrays:
+        raise SampleError(f"{purpose}: {path} has no array 'x' (it has {', '.join(sorted(arrays)) or 'none'})")
+    samples = samples_from_array(arrays["x"], spec, options, str(path), purpose)
+    if "y" in arrays:
+        samples.labels = _class_ids(arrays["y"], len(samples), path, purpose)
+    return samples
+
+
+def _load_folder(folder: Path, spec: TensorSpec, labels: list[str] | None, purpose: str,
+                 progress: Progress | None) -> SampleSet:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
+    if not classes:
+        images = list_images(folder)
+        if not images:
+            raise SampleError(f"{purpose}: {folder} holds no images (expected one sub-folder of images per label)")
+        return SampleSet(str(folder), frames=read_images(images, spec, purpose, progress))
+    names = [c.name for c in classes]
+    if labels:
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise SampleError(f"{purpose}: sub-folders {unknown} are not in the labels file; name them after its labels")
+        ids = {n: labels.index(n) for n in names}
+    elif all(n.isdigit() for n in names):
+        ids = {n: int(n) for n in names}
+    else:
+        ids = {n: i for i, n in enumerate(names)}
+    paths, targets = [], []
+    for folder_path in classes:
+        for image in list_images(folder_path):
+            paths.append(image)
+            targets.append(ids[folder_path.name])
+    frames = read_images(paths, spec, purpose, progress)
+    return SampleSet(str(folder), frames=frames, labels=np.asarray(targets), class_names=names)
+
+
+def _class_ids(y: np.ndarray, count: int, path: Path, purpose: str) -> np.ndarray:
+    if y.ndim == 2:
+        y = y.argmax(axis=1)  # one-hot
+    if y.ndim != 1 or len(y) != count or not np.issubdtype(y.dtype, np.integer):
+        raise SampleError(f"{purpose}: {path}: 'y' must hold {count} integer class ids (or one-hot rows)")
+    return y.astype(np.int64)
