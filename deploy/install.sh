@@ -148,6 +148,7 @@ install_files() {
     local file gid demo="$SOURCE_TREE/edge_agent/data/demo"
     [ -d "$demo" ] || demo="$SOURCE_TREE/models/demo"  # a wheelhouse bundle's layout
     for file in "$demo"/*; do
+        [ -f "$file" ] || continue  # the detector's evaluation set (a folder) is for `edge-agent evaluate`, not the board
         put_file "$file" "$APP_DIR/models/demo/$(basename "$file")" 0644 || true
     done
     [ ! -f "$SOURCE_TREE/README.md" ] || put_file "$SOURCE_TREE/README.md" "$APP_DIR/README.md" 0644 || true

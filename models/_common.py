@@ -9,6 +9,7 @@ the functions that need it, after each script has quietened TF's logging.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -58,30 +59,63 @@ def run_in_runtime(
     )
 
 
-def batch1_converter(model: Any, input_shape: tuple[int, ...], input_name: str) -> Any:
-    """A TFLiteConverter over ``{"probs": model(x)}`` with a fixed batch-1 input.
+def batch1_converter(forward: Callable[[Any], Any], input_shape: tuple[int, ...], input_name: str,
+                     output_name: str = "probs") -> Any:
+    """A TFLiteConverter over ``{output_name: forward(x)}`` with a fixed batch-1 float input.
 
-    The concrete function is handed to the converter without the Keras model so the
-    converter freezes the weights into constants; with the model attached, TF 2.19 keeps
+    ``forward`` runs the Keras model (``lambda x: model(x, training=False)``, or more ops
+    around it). The concrete function is handed to the converter without the Keras model so
+    the converter freezes the weights into constants; with the model attached, TF 2.19 keeps
     Keras 3 variables as READ_VARIABLE ops and int8 calibration fails.
     """
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([1, *input_shape], tf.float32, name=input_name)])
     def serve(image):
-        return {"probs": model(image, training=False)}
+        return {output_name: forward(image)}
 
     return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
 
 
-def convert_full_int8(converter: Any, representative: Callable[[], Iterator[list]], io_type: str) -> bytes:
-    """Full-integer conversion: int8 kernels only, calibrated on ``representative``, ``io_type`` in and out."""
+def convert_full_int8(converter: Any, representative: Callable[[], Iterator[list]], io_type: str,
+                      output_type: str | None = None) -> bytes:
+    """Full-integer conversion: int8 kernels only, calibrated on ``representative``; ``io_type`` in,
+    ``output_type`` out (default ``io_type``; "float32" keeps integer kernels with a float output)."""
     import tensorflow as tf
 
-    io_dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = io_dtype
-    converter.inference_output_type = io_dtype
+    converter.inference_input_type = dtypes[io_type]
+    converter.inference_output_type = dtypes[output_type or io_type]
     return converter.convert()
+
+
+# Loads each model and invokes it once on zeros in the runtime given by argv[1].
+_CHECK_SNIPPET = r"""
+import json, sys, numpy as np
+res = {}
+for p in sys.argv[2:]:
+    try:
+        it = Interpreter(model_path=p)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        res[p] = "ok " + ",".join(f"{d['name']}{list(d['shape'])}{np.dtype(d['dtype']).name}"
+                                   for d in it.get_output_details())
+    except Exception as e:
+        res[p] = f"ERROR {type(e).__name__}: {e}"
+print(json.dumps(res))
+"""
+
+
+def check_runtimes(paths: list[Path], device_python: str | None) -> dict[str, dict[str, str]]:
+    """Load + invoke each model in ai_edge_litert and (if given) tflite_runtime: {runtime: {path: "ok ..."}}."""
+    result = {}
+    for runtime, python in runtime_pythons(device_python):
+        proc = run_in_runtime(python, runtime, _CHECK_SNIPPET, list(map(str, paths)))
+        proc.check_returncode()
+        result[runtime] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result

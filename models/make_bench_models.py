@@ -150,7 +150,7 @@ def calibrate_classifier(model, images: np.ndarray, logit_std: float = 4.0) -> N
 
 def converter(model):
     """Converter for the network with input [1,224,224,3] named ``input``."""
-    return batch1_converter(model, (SIZE, SIZE, 3), "input")
+    return batch1_converter(lambda image: model(image, training=False), (SIZE, SIZE, 3), "input")
 
 
 def convert_float(model) -> bytes:

@@ -47,7 +47,7 @@ from edge_agent.host.metadata import LABELS_FILE, attach_files, labels_file_byte
 from edge_agent.runtime.tflite_file import read_model_file
 
 # models/_common.py (Python puts a script's own folder first on sys.path)
-from _common import REPO, batch1_converter, convert_full_int8, make_parser, run_in_runtime, runtime_pythons
+from _common import REPO, batch1_converter, check_runtimes, convert_full_int8, make_parser
 
 SEED = 0
 LABELS = [str(d) for d in range(10)]
@@ -120,7 +120,7 @@ def build_and_train(x_train: np.ndarray, y_train: np.ndarray):
 
 def converter(model):
     """Converter for the trained model with input [1,8,8,1] named ``image``."""
-    return batch1_converter(model, (8, 8, 1), "image")
+    return batch1_converter(lambda image: model(image, training=False), (8, 8, 1), "image")
 
 
 def convert_float(model) -> bytes:
@@ -197,37 +197,6 @@ def read_video_as_8x8(path: Path) -> np.ndarray:
         out.append(cv2.resize(gray, (8, 8), interpolation=cv2.INTER_AREA)[:, :, None])
     cap.release()
     return np.stack(out)
-
-
-# --------------------------------------------------------------------------
-# cross-runtime check
-# --------------------------------------------------------------------------
-_CHECK_SNIPPET = r"""
-import json, sys, numpy as np
-res = {}
-for p in sys.argv[2:]:
-    try:
-        it = Interpreter(model_path=p)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        it.invoke()
-        res[p] = "ok " + ",".join(f"{d['name']}{list(d['shape'])}{np.dtype(d['dtype']).name}"
-                                   for d in it.get_output_details())
-    except Exception as e:
-        res[p] = f"ERROR {type(e).__name__}: {e}"
-print(json.dumps(res))
-"""
-
-
-def check_runtimes(paths: list[Path], device_python: str | None) -> dict[str, dict[str, str]]:
-    """Load + invoke each model in ai_edge_litert and (if given) tflite_runtime."""
-    result = {}
-    for mod, py in runtime_pythons(device_python):
-        proc = run_in_runtime(py, mod, _CHECK_SNIPPET, list(map(str, paths)))
-        proc.check_returncode()
-        result[mod] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 # --------------------------------------------------------------------------

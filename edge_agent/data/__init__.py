@@ -1,4 +1,5 @@
-"""Files shipped inside the package: the demo model, its labels, its video and the video's ground truth.
+"""Files shipped inside the package: the demo models, labels, videos, the videos' ground truth, and the
+detector's held-out evaluation set (YOLO format).
 
 They are package data, found through importlib.resources wherever the package is installed
 (a wheel in a venv, an editable checkout), so `pip install edge-agent && edge-agent demo` works.
@@ -14,6 +15,11 @@ DEMO_FLOAT_MODEL = "digits_float32.tflite"
 DEMO_LABELS = "labels.txt"
 DEMO_VIDEO = "digits-demo.avi"
 DEMO_TRUTH = "digits-demo.truth.txt"
+# the digits detector (models/make_detector.py): labels and task are inside the model
+DETECT_MODEL = "digits_detector_int8.tflite"
+DETECT_VIDEO = "digits-detect-demo.avi"
+DETECT_TRUTH = "digits-detect-demo.truth.jsonl"  # {"frame", "objects": [{"label", "box"}]} per line
+DETECT_EVAL = "digits-detect-eval"  # images/, labels/ for `edge-agent evaluate`
 
 
 def demo_dir() -> Path:
