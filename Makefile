@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install install-test mosquitto systemd-analyze clean
+.PHONY: demo test test-slow install install-test mosquitto systemd-analyze clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,12 @@ systemd-analyze:
 demo: install mosquitto
 	$(BIN)/edge-agent demo
 
+# Tests marked slow (retraining a model from models/) are left out of `make test`: run them with `make test-slow`.
 test: install-test mosquitto systemd-analyze
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install-test
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

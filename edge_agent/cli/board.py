@@ -23,6 +23,7 @@ from edge_agent.config import (
     parse_config,
 )
 from edge_agent.errors import EdgeAgentError
+from edge_agent.evaluation.command import add_evaluate
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_check_config(commands)
     add_bench(commands)
     add_demo(commands)
+    add_evaluate(commands)  # on a board or a workstation alike (edge_agent/evaluation/command.py)
     add_selftest(commands)
     add_config_reference(commands)
 

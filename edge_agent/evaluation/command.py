@@ -1,0 +1,170 @@
+"""`edge-agent evaluate MODEL DATA`: accuracy and latency of a model on labelled data, on a board or a workstation.
+
+Exit status: 0 measured (files with problems are named on stderr and left out), 2 bad input
+(model, data, options; an empty dataset; pycocotools missing for detection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, RUNTIME_CHOICES, PipelineConfig, PreprocessOptions, SourceSpec
+from edge_agent.errors import EXIT_OK, InputError
+
+TASKS = ("auto", "classification", "detection")
+# COCO evaluation keeps nearly every detection (Ultralytics' `val` uses 0.001 as well): a high
+# threshold cuts the precision-recall curve short and understates mAP.
+DETECTION_THRESHOLD = 0.001
+DETECTION_MAX = 100  # COCO's maxDets
+PURPOSE = "evaluate"
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    """Register `evaluate` (its arguments and handler) on the `edge-agent` parser."""
+    parser = commands.add_parser(
+        "evaluate", help="accuracy (classification) or COCO mAP (detection) and latency of a model on labelled data",
+        description="Run MODEL on DATA through the agent's own preprocessing, runtime and decoder, and report "
+                    "top-1/top-5 accuracy or COCO mAP@0.5 and mAP@0.5:0.95, with latency per image. "
+                    "Classification DATA: a folder with one sub-folder of images per class, or a .npz with x and y. "
+                    "Detection DATA: a YOLO dataset folder (images/, labels/ with 'class cx cy w h' lines) or a COCO "
+                    "JSON file. Detection needs pycocotools: pip install 'edge-agent[eval]'.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .tflite file or a model bundle")
+    parser.add_argument("data", type=Path, metavar="DATA", help="the labelled data (see above)")
+    parser.add_argument("--task", choices=TASKS, default="auto",
+                        help="default: the model's own task (as `edge-agent inspect` shows it)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--labels", type=Path, help="labels file (one per line); default: the model's own")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="COCO: the folder of the images (default: the JSON's folder, then its images/)")
+    parser.add_argument("--threshold", type=float,
+                        help=f"lowest score kept (default: {DETECTION_THRESHOLD} for detection, as COCO evaluation "
+                             "expects; top classes for classification)")
+    parser.add_argument("--max-detections", type=int, default=DETECTION_MAX, metavar="N",
+                        help=f"detections kept per image (default {DETECTION_MAX}, COCO's limit)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
+    group = parser.add_argument_group("preprocessing: set them as the pipeline's [preprocess] sets them "
+                                      "(default: the model's own, else stretch, rgb, mean 0, std 255)")
+    group.add_argument("--resize", choices=RESIZE_MODES)
+    group.add_argument("--color", choices=COLOR_ORDERS)
+    group.add_argument("--mean", type=_numbers, metavar="M[,M,M]")
+    group.add_argument("--std", type=_numbers, metavar="S[,S,S]")
+    parser.set_defaults(handler=evaluate_command, log_level="warning")  # the report, not the loading, is the output
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, got {len(values)}")
+    return values
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Errors are InputErrors (exit 2) that the CLI prints; files with problems are listed, not fatal."""
+    from edge_agent.evaluation.classification import evaluate_classification
+    from edge_agent.evaluation.detection import check_evaluator, evaluate_detection
+    from edge_agent.evaluation.detection_data import load_detection_dataset
+    from edge_agent.samples import load_labelled_samples
+    from edge_agent.service.active_model import build_active_model
+
+    if args.max_detections < 1 or args.threads < 0:
+        raise InputError("evaluate: --max-detections must be at least 1 and --threads at least 0")
+    if not args.data.exists():
+        raise InputError(f"evaluate: {args.data} does not exist: give the labelled data to evaluate on")
+    progress = _progress_printer() if sys.stderr.isatty() and not args.json else None
+    active = build_active_model(_pipeline_config(args, args.task))
+    if active.task not in ("classification", "detection"):
+        raise InputError(f"evaluate: {args.model} looks like a {active.task!r} model: pass --task classification or "
+                         "--task detection if it is one (`edge-agent inspect` shows its outputs)")
+    if args.task == "auto" and args.threshold is None:  # the task's evaluation threshold is known only now
+        active = build_active_model(_pipeline_config(args, active.task))
+    try:
+        if active.task == "detection":
+            check_evaluator()
+            labels = active.labels
+            dataset = load_detection_dataset(args.data, labels, len(labels) if labels else None, args.images)
+            report = evaluate_detection(active, dataset, progress).to_dict()
+        else:
+            samples = load_labelled_samples(args.data, active.model.input, active.preprocessor.options,
+                                            active.labels, PURPOSE)
+            report = evaluate_classification(active, samples, progress).to_dict()
+    finally:
+        if progress:
+            print(file=sys.stderr)
+    report = {"model": {**active.model.describe(), "input": active.model.input.describe()},
+              "data": str(args.data), **report, "threshold": _threshold(args, active.task)}
+    for problem in report.get("problems", []):
+        print(f"edge-agent evaluate: left out {problem}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def _pipeline_config(args: argparse.Namespace, task: str) -> PipelineConfig:
+    """The pipeline a board would run for this model, as far as evaluation needs one."""
+    given = {key: getattr(args, key) for key in ("resize", "color", "mean", "std") if getattr(args, key) is not None}
+    return PipelineConfig(
+        name=PURPOSE,
+        source=SourceSpec(uri=str(args.data)),
+        model=str(args.model),
+        labels=str(args.labels) if args.labels else "",
+        task=task,
+        runtime=args.runtime,
+        num_threads=args.threads,
+        top_k=5,
+        threshold=_threshold(args, task),
+        max_detections=args.max_detections,
+        preprocess=PreprocessOptions(**given),
+        preprocess_keys=tuple(given),  # a bundle's manifest supplies the others
+    )
+
+
+def _threshold(args: argparse.Namespace, task: str) -> float | None:
+    if args.threshold is not None:
+        return args.threshold
+    if task == "detection":
+        return DETECTION_THRESHOLD
+    if task == "classification":
+        return float("-inf")  # every sample gets its top classes, whatever the scores' range
+    return None
+
+
+def _progress_printer():
+    def show(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} images", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def format_report(report: dict) -> str:
+    model = report["model"]
+    lines = [f"{model['name']} on {report['data']}"]
+    if report["task"] == "classification":
+        top5 = report["top5_accuracy"]
+        lines += [f"  samples         {report['samples']}",
+                  f"  top-1 accuracy  {report['top1_accuracy']:.4f}",
+                  *([f"  top-5 accuracy  {top5:.4f}"] if top5 is not None else []),
+                  "  per class (top-1): " + "  ".join(f"{label} {v['top1_accuracy']:.3f}"
+                                                       for label, v in report["per_class"].items())]
+    else:
+        lines += [f"  images          {report['images']} ({len(report['problems'])} files left out)",
+                  f"  objects         {report['objects']} (detections kept: {report['detections']}, "
+                  f"score >= {report['threshold']:g})",
+                  f"  mAP@0.5         {_metric(report['map50'])}",
+                  f"  mAP@0.5:0.95    {_metric(report['map50_95'])}",
+                  f"  AR@100          {_metric(report['recall100'])}",
+                  "  AP@0.5 per class: " + "  ".join(f"{label} {ap:.3f}" for label, ap in report["per_class_ap50"].items())]
+    latency = report["latency_ms"]
+    lines.append(f"latency per image, ms ({model['runtime']}, {model['num_threads']} thread(s)):")
+    lines += [f"  {stage:10s} median {value['p50']:8.3f}  p95 {value['p95']:8.3f}" for stage, value in latency.items()]
+    return "\n".join(lines)
+
+
+def _metric(value: float | None) -> str:
+    return "n/a (no objects in the data)" if value is None else f"{value:.4f}"
