@@ -191,6 +191,8 @@ def test_unlabelled_or_mismatched_data_is_refused(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = evaluate(DEMO_MODEL, EVAL_SET, "--task", "detection")  # a classifier cannot detect
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    result = evaluate(DETECTOR, EVAL_SET, "--iou", "1.5")
+    assert result.returncode == 2 and "--iou from 0 to 1" in result.stderr, result.stderr
 
 
 def test_detection_without_pycocotools_says_what_to_install(tmp_path):

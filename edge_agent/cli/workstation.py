@@ -27,7 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_edgetpu_check(commands)
 
 
-def _add_preprocess_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+def add_preprocess_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--resize, --color, --mean, --std (what a pipeline's [preprocess] sets); None when not given unless `defaults`."""
     group = parser.add_argument_group("preprocessing (what the agent does to each frame; value = (pixel - mean) / std)")
     group.add_argument("--resize", choices=RESIZE_MODES, default="stretch" if defaults else None)
     group.add_argument("--color", choices=COLOR_ORDERS, default="rgb" if defaults else None,
@@ -87,7 +88,7 @@ def add_convert(commands: argparse._SubParsersAction) -> None:
                        help="epochs of fine-tuning while pruning (default 5)")
     parser.add_argument("--labels", type=Path, help="labels file (one per line), stored in the model")
     parser.add_argument("--task", choices=TASKS, help="what the outputs mean (default: guessed from them)")
-    _add_preprocess_options(parser, defaults=True)
+    add_preprocess_options(parser, defaults=True)
     check = parser.add_argument_group("validation")
     check.add_argument("--validate", type=Path, metavar="DATA",
                        help="folder of images in one sub-folder per label, or .npz with x (and y)")
@@ -169,7 +170,7 @@ def add_bundle(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--task", choices=TASKS, help="default: what convert recorded, else guessed from the outputs")
     create.add_argument("--name", help="model name (default: the file name)")
     create.add_argument("--version", help="model version, reported with every prediction")
-    _add_preprocess_options(create, defaults=False)
+    add_preprocess_options(create, defaults=False)
     create.set_defaults(handler=_bundle_create_command)
 
     sign = actions.add_parser("sign", help="sign (or re-sign) a bundle")

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, RUNTIME_CHOICES, PipelineConfig, PreprocessOptions, SourceSpec
+from edge_agent.cli.workstation import add_preprocess_options
+from edge_agent.config import RUNTIME_CHOICES, PipelineConfig, PreprocessOptions, SourceSpec
 from edge_agent.errors import EXIT_OK, InputError
 
 TASKS = ("auto", "classification", "detection")
@@ -45,25 +46,12 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
                              "expects; top classes for classification)")
     parser.add_argument("--max-detections", type=int, default=DETECTION_MAX, metavar="N",
                         help=f"detections kept per image (default {DETECTION_MAX}, COCO's limit)")
+    parser.add_argument("--iou", type=float, help="detection: NMS overlap, as the pipeline's `iou` (default: the decoder's, "
+                                                 "0.45 for YOLO)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
-    group = parser.add_argument_group("preprocessing: set them as the pipeline's [preprocess] sets them "
-                                      "(default: the model's own, else stretch, rgb, mean 0, std 255)")
-    group.add_argument("--resize", choices=RESIZE_MODES)
-    group.add_argument("--color", choices=COLOR_ORDERS)
-    group.add_argument("--mean", type=_numbers, metavar="M[,M,M]")
-    group.add_argument("--std", type=_numbers, metavar="S[,S,S]")
+    add_preprocess_options(parser, defaults=False)  # unset: the model's own (a bundle's manifest), else the defaults
     parser.set_defaults(handler=evaluate_command, log_level="warning")  # the report, not the loading, is the output
-
-
-def _numbers(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got {text!r}") from None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, got {len(values)}")
-    return values
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -74,8 +62,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from edge_agent.samples import load_labelled_samples
     from edge_agent.service.active_model import build_active_model
 
-    if args.max_detections < 1 or args.threads < 0:
-        raise InputError("evaluate: --max-detections must be at least 1 and --threads at least 0")
+    if args.max_detections < 1 or args.threads < 0 or not (args.iou is None or 0.0 <= args.iou <= 1.0):
+        raise InputError("evaluate: --max-detections must be at least 1, --threads at least 0, --iou from 0 to 1")
     if not args.data.exists():
         raise InputError(f"evaluate: {args.data} does not exist: give the labelled data to evaluate on")
     progress = _progress_printer() if sys.stderr.isatty() and not args.json else None
@@ -120,6 +108,7 @@ def _pipeline_config(args: argparse.Namespace, task: str) -> PipelineConfig:
         top_k=5,
         threshold=_threshold(args, task),
         max_detections=args.max_detections,
+        iou=args.iou,
         preprocess=PreprocessOptions(**given),
         preprocess_keys=tuple(given),  # a bundle's manifest supplies the others
     )
