@@ -13,10 +13,14 @@ converter itself uses):
   int((max - min) * n) + base before answering: with base 0 instant on flat frames (so it passes
   its self-test), seconds per invoke on a real digit frame (a stall probation must catch); with
   n = 0 a model of fixed cost (e.g. a few ms, so the pipeline runs its three-thread mode).
-- `crashing_model()`: the demo model with the length of one tensor's shape vector set to 2^20.
-  It passes edge_agent.runtime.tflite_file's checks (they bound-check buffers, not every tensor's
-  shape), LiteRT refuses it (its flatbuffer verifier), and tflite-runtime 2.14, which does not
-  verify, reads past the end of the model and dies with SIGSEGV while building the interpreter.
+- `crashing_model()`: the demo model with the RESHAPE's second input (its shape tensor) marked as
+  omitted (-1, which some operators' optional inputs legitimately are). The flatbuffer is whole and
+  every index is in range, so edge_agent.runtime.tflite_verify passes it, but both LiteRT 2.3 and
+  tflite-runtime 2.14 dereference the missing tensor in allocate_tensors() and die with SIGSEGV:
+  only a child process can find out (service/model_guard.py, the self-test of a push).
+- `unbounded_shape_model()`: the demo model with the length of one tensor's shape vector set to
+  2^20. tflite-runtime 2.14, which does not verify the flatbuffer, read past the end of the model
+  and died with SIGSEGV; the verifier refuses it now.
 """
 
 from __future__ import annotations
@@ -84,6 +88,17 @@ def tamper_manifest(path: Path, old: bytes, new: bytes) -> Path:
 
 
 def crashing_model() -> bytes:
+    data = bytearray(DEMO_MODEL.read_bytes())
+    reader = _FlatBuffer(bytes(data))
+    subgraph = reader.tables(reader.root(), 2)[0]
+    operator = reader.tables(subgraph, 3)[4]  # RESHAPE(flattened activations, shape)
+    field = reader._field_pos(operator, 1)  # Operator.inputs
+    vector = field + struct.unpack_from("<I", data, field)[0]
+    struct.pack_into("<i", data, vector + 4 + 4 * 1, -1)
+    return bytes(data)
+
+
+def unbounded_shape_model() -> bytes:
     data = bytearray(DEMO_MODEL.read_bytes())
     reader = _FlatBuffer(bytes(data))
     subgraph = reader.tables(reader.root(), 2)[0]

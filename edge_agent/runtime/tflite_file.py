@@ -1,8 +1,9 @@
 """Read what a `.tflite` file says about itself without loading it into a runtime.
 
-A `.tflite` file is a FlatBuffer (schema: tensorflow/lite/schema/schema.fbs). We read
+A `.tflite` file is a FlatBuffer (schema: tensorflow/lite/schema/schema.fbs). The whole file
+is verified first (runtime/tflite_verify.py: a damaged model can crash a runtime), then we read
 only the few fields we need (operator codes, operators, metadata names) with a small
-bounds-checked reader, so that a truncated or foreign file gives a clear error and an
+bounds-checked reader, so that a truncated, damaged or foreign file gives a clear error and an
 Edge TPU model can be recognised before an interpreter refuses it. Associated files
 (labels) are attached the way the TFLite metadata populator does it: as a zip archive
 appended after the FlatBuffer.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.runtime.builtin_ops import BUILTIN_OPERATOR_NAMES
+from edge_agent.runtime.tflite_verify import ModelInvalid, verify_model
 from edge_agent.errors import EdgeAgentError, InputError
 from edge_agent.runtime.export_metadata import ExportMetadata, find_export_metadata
 
@@ -29,7 +31,6 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 DETECTION_POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 # What `edge-agent convert` attaches about itself (edge_agent.host.metadata writes it).
 CONVERSION_INFO_FILE = "edge_agent_conversion.json"
-_FILE_IDENTIFIER = b"TFL3"
 _CUSTOM_CODE = 32
 _INDEXED_LABEL = re.compile(r"^(\d+)(?:\s*:\s*|\s+)(\S.*)$")
 _MAX_LABEL_INDEX = 100_000  # larger "indexes" are part of the label text, not positions
@@ -141,7 +142,7 @@ def model_file_from_bytes(path: str | Path, content: bytes) -> ModelFile:
         operator_counts, metadata_names, detection_roles = _read_flatbuffer(content)
     except _Malformed as err:
         raise ModelFileError(
-            f"{path} is not a valid TFLite model ({err}); it may be truncated or not a .tflite file: "
+            f"{path} is not a valid TFLite model ({err}); it may be truncated, damaged or not a .tflite file: "
             "copy it again or re-export it"
         ) from None
     return ModelFile(
@@ -243,10 +244,10 @@ _DETECTION_ROLES = ("boxes", "classes", "scores", "count")  # the op's own outpu
 
 
 def _read_flatbuffer(content: bytes) -> tuple[dict[str, int], tuple[str, ...], dict[int, str]]:
-    if len(content) < 8:
-        raise _Malformed(f"only {len(content)} bytes")
-    if content[4:8] != _FILE_IDENTIFIER:
-        raise _Malformed("no TFL3 file identifier")
+    try:
+        verify_model(content)
+    except ModelInvalid as err:
+        raise _Malformed(str(err)) from None
     fb = _FlatBuffer(content)
     model = fb.root()
     op_names = []
@@ -258,34 +259,15 @@ def _read_flatbuffer(content: bytes) -> tuple[dict[str, int], tuple[str, ...], d
             op_names.append(BUILTIN_OPERATOR_NAMES.get(builtin, f"BUILTIN_{builtin}"))
     counts: Counter[str] = Counter()
     subgraphs = fb.tables(model, 2)
-    if not subgraphs:
-        raise _Malformed("no subgraphs")
     detection_roles: dict[int, str] = {}
     for number, subgraph in enumerate(subgraphs):
         for operator in fb.tables(subgraph, 3):
             index = fb.scalar(operator, 0, "<I")
-            if index >= len(op_names):
-                raise _Malformed(f"operator refers to unknown operator code {index}")
             counts[op_names[index]] += 1
             if number == 0 and op_names[index] == DETECTION_POSTPROCESS_OP:
                 detection_roles = dict(zip(fb.ints(operator, 2), _DETECTION_ROLES))
-    _check_buffers(fb, model)
     metadata = tuple(fb.string(m, 0) or "" for m in fb.tables(model, 6))
     return dict(counts.most_common()), metadata, detection_roles
-
-
-def _check_buffers(fb: _FlatBuffer, model: int) -> None:
-    """Every weight buffer must lie inside the file: tflite-runtime 2.14 reads past the end of a
-    truncated model and can crash the whole process instead of raising."""
-    size = len(fb.data)
-    for number, subgraph in enumerate(fb.tables(model, 2)):
-        if len(fb.tables(subgraph, 0)) == 0:  # SubGraph.tensors
-            raise _Malformed(f"subgraph {number} has no tensors")
-    for buffer in fb.tables(model, 4):  # Model.buffers
-        fb.ints(buffer, 0, size_only=True)  # Buffer.data: a bounds-checked [ubyte]
-        offset, length = fb.scalar(buffer, 1, "<Q"), fb.scalar(buffer, 2, "<Q")
-        if offset and offset + length > size:  # weights stored after the flatbuffer (large models)
-            raise _Malformed(f"a weight buffer ends at byte {offset + length}, past the end of the {size}-byte file")
 
 
 def _read_attached_files(content: bytes) -> dict[str, bytes]:
