@@ -642,7 +642,8 @@ class ModelsConfig:
     max_mb: float = setting(50.0, "largest bundle accepted", minimum=0.001, cap=2048.0)
     transfer_timeout_s: float = setting(120.0, "a transfer with no message for this long is abandoned",
                                         minimum=0.1, cap=86400.0)
-    selftest_timeout_s: float = setting(60.0, "the self-test child is killed after this long", minimum=1.0, cap=3600.0)
+    selftest_timeout_s: float = setting(60.0, "the self-test child (of a push, or of a model not checked before) is "
+                                        "killed after this long", minimum=1.0, cap=3600.0)
     probation_s: float = setting(60.0, "a new model that fails within this window is rolled back; 0 = no probation",
                                  minimum=0.0, cap=86400.0)
 

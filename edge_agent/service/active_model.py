@@ -20,7 +20,7 @@ from edge_agent.preprocess import Geometry, Preprocessor
 from edge_agent.records import Decoded, ModelRef  # Decoded: re-exported for callers that import it from here
 from edge_agent.runtime import LoadedModel, load_model_file, parse_labels
 from edge_agent.service.decoding import choose_decoder, preprocess_options
-from edge_agent.service.model_source import apply_manifest, open_model
+from edge_agent.service.model_source import OpenedModel, apply_manifest, open_model
 from edge_agent.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,12 @@ def build_active_model(
     trusted_keys: tuple[str, ...] = (),
     allow_unsigned_models: bool = True,
     label: str = "",
+    opened: OpenedModel | None = None,
 ) -> ActiveModel:
     """Load the pipeline's model (a .tflite, or a bundle verified per model_source's trust rule) and
-    check that it fits the pipeline; raise a specific error if not (naming the file as `label` if given)."""
-    opened = open_model(model_path or config.model, trusted_keys, allow_unsigned_models, label)
+    check that it fits the pipeline; raise a specific error if not (naming the file as `label` if given).
+    `opened`: the model already opened and checked (service.model_guard), loaded without reading it again."""
+    opened = opened or open_model(model_path or config.model, trusted_keys, allow_unsigned_models, label)
     manifest = opened.manifest
     if manifest is not None:
         config = apply_manifest(config, manifest)

@@ -17,11 +17,12 @@ from typing import Mapping
 
 from edge_agent import __version__
 from edge_agent.config import DEFAULT_THRESHOLD, AgentConfig, ConfigError, PipelineConfig, load_config
-from edge_agent.delivery.store import StoreError, pipeline_store
+from edge_agent.delivery.store import StoredModel, StoreError, pipeline_store
 from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
 from edge_agent.interpret import Interpreter, interpreter_for
 from edge_agent.interpret.stage import TRACKED_TASKS, restore_state
+from edge_agent.service.model_guard import ModelGuard
 from edge_agent.service.pipeline import Pipeline
 from edge_agent.service.process_setup import setup_process
 from edge_agent.service.registry import PipelineRegistry
@@ -57,6 +58,7 @@ class Agent:
         self.updates = None  # ModelUpdates, when the agent has an MQTT connection
         self.discovery = None  # DiscoveryAnnouncer, when [homeassistant] is enabled
         self._sinks: dict[str, Sink] = {}
+        self.model_guard = ModelGuard(self.stop_event)  # every model is loaded in a child first
         self.notifier = Notifier.from_environment()
         self.watchdog = Watchdog(self.notifier)
         self._ready_sent = False
@@ -84,6 +86,8 @@ class Agent:
         """Run until stopped or every pipeline has ended; the exit status (0 = all went well)."""
         setup_process()  # GIL switch interval, OpenCV threads and logging: once, never at import
         try:
+            # the children that check the models run while the sinks are made and the runtime is imported
+            self.model_guard.prefetch(self.config, [(p, self._model_path(p)) for p in self.config.pipelines])
             try:
                 self._make_sinks()
             except InputError as err:  # MqttSetupError: unreadable password or certificate files
@@ -208,24 +212,39 @@ class Agent:
     def _build_model(self, config: PipelineConfig) -> ActiveModel:
         """The model store's active model (a pushed one) while the config still names the model the
         store's history began with; otherwise, or when that model cannot be used, the config's."""
+        stored = self._stored_model(config)
+        if stored is not None:
+            entry, path = stored
+            try:
+                active = self._load_model(config, path)
+                logger.info("pipeline %s: using %s %s from the model store (pushed as %s); the config names %s",
+                            config.name, entry.name, entry.version, entry.origin, config.model)
+                return active
+            except Exception as err:  # a stored model that no longer loads must not keep the pipeline down
+                logger.error("pipeline %s: the model store's active model %s cannot be used (%s); using the config's model",
+                             config.name, path, err)
+        return self._load_model(config, config.model)
+
+    def _load_model(self, config: PipelineConfig, path: str) -> ActiveModel:
+        """Where the agent loads every model: checked in a child first, then built from the very bytes checked."""
+        opened = self.model_guard.checked_model(self.config, config, path)
+        return build_active_model(config, opened=opened)
+
+    def _stored_model(self, config: PipelineConfig, quiet: bool = False) -> tuple[StoredModel, str] | None:
+        """The store's active model and its path, while the config still names the model its history began with."""
         store = pipeline_store(self.config.state_dir, config.name, self.config.models.keep)
         try:
             stored = store.active_for(config.model)
         except StoreError as err:
-            logger.error("pipeline %s: %s; using the config's model", config.name, err)
-            stored = None
-        if stored is not None:
-            try:
-                active = build_active_model(config, model_path=str(store.path(stored)), trusted_keys=self.config.trusted_keys,
-                                            allow_unsigned_models=self.config.allow_unsigned_models)
-                logger.info("pipeline %s: using %s %s from the model store (pushed as %s); the config names %s",
-                            config.name, stored.name, stored.version, stored.origin, config.model)
-                return active
-            except Exception as err:  # a stored model that no longer loads must not keep the pipeline down
-                logger.error("pipeline %s: the model store's active model %s cannot be used (%s); using the config's model",
-                             config.name, store.path(stored), err)
-        return build_active_model(config, trusted_keys=self.config.trusted_keys,
-                                  allow_unsigned_models=self.config.allow_unsigned_models)
+            if not quiet:
+                logger.error("pipeline %s: %s; using the config's model", config.name, err)
+            return None
+        return None if stored is None else (stored, str(store.path(stored)))
+
+    def _model_path(self, config: PipelineConfig) -> str:
+        """The file _build_model tries first."""
+        stored = self._stored_model(config, quiet=True)
+        return config.model if stored is None else stored[1]
 
     def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None:
         """Serve `active` in pipeline `name`: swapped between two frames, or, when the pipeline has
@@ -384,6 +403,7 @@ class Agent:
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
         self._stopping.set()  # no model install starts a pipeline from now on
+        self.model_guard.close()
         if self.updates is not None:
             self.updates.stop()
         if self.discovery is not None:

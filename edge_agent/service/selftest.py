@@ -71,7 +71,9 @@ def selftest_in_child(config: AgentConfig, pipeline: str, model_path: str, label
             name = signal.Signals(number).name
         except ValueError:
             name = "unknown signal"
-        raise SelfTestError(f"the model crashed the interpreter (signal {number}, {name}) during its self-test")
+        raise SelfTestError(f"the model crashed the interpreter (signal {number}) during its self-test in a child "
+                            f"process ({name}): the file is damaged or this runtime cannot run it; re-export it, "
+                            "or try the other runtime")
     report = _last_json_line(stdout)
     if report is None:
         tail = stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
