@@ -7,7 +7,6 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import flatbuffers
 import numpy as np
@@ -55,8 +54,10 @@ def test_models_made_with_the_schema_pass(make):
 
 
 def test_the_bench_models_pass_when_made():
-    bench = [path for path in (REPO / "models" / "bench").glob("*.tflite")]
-    for path in bench:  # made by models/make_bench_models.py (TensorFlow); absent in a fresh clone
+    bench = sorted((REPO / "models" / "bench").glob("*.tflite"))
+    if not bench:  # made by models/make_bench_models.py (TensorFlow, about a minute); absent in a fresh clone
+        pytest.skip("models/bench is empty: run models/make_bench_models.py")
+    for path in bench:
         verify_model(path.read_bytes())
 
 

@@ -1,8 +1,9 @@
 """Check a whole .tflite flatbuffer before any runtime reads it, so a damaged file is refused, not run.
 
 tflite-runtime 2.14 does not verify the flatbuffer it is given; LiteRT verifies its structure but not
-what the values mean. Measured on byte-mutated copies of the demo model, both died with SIGSEGV on
-some (an offset pointing outside the file, a shape dimension of -1 or 1,048,576). Two passes:
+what the values mean. Measured with tests/model_fuzz.py: 39 of 200 byte-mutated copies of the demo
+model killed tflite-runtime with SIGSEGV (offsets, vectors and vtables pointing outside the file); all
+of them are refused here. Two passes:
 
   structure  every table, vtable, offset, vector and string of every table the schema defines
              (runtime/tflite_schema.py, generated from the TFLite schema) lies inside the file,

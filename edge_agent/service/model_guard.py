@@ -1,14 +1,15 @@
 """Every model the agent loads is loaded first in a child process, whatever its origin.
 
 A damaged model can kill the process that builds its interpreter (measured: byte-mutated copies of
-the demo model crashed tflite-runtime 2.14 and LiteRT 2.3 with SIGSEGV). runtime/tflite_verify.py
+the demo model crashed tflite-runtime 2.14 with SIGSEGV; a required input marked omitted, which no
+reader can fault, crashes LiteRT 2.3 and tflite-runtime alike). runtime/tflite_verify.py
 refuses what a reader can see is wrong; this module catches the rest: before the agent builds a
 pipeline's model (at start, on reload) the self-test child (service/selftest.py) builds the same file
 and runs a frame through it, so a model that crashes the interpreter takes down only the child and is
 refused with "the model crashed the interpreter (signal 11) ...", while the other pipelines start.
 
 Start-up stays quick:
-  - `prefetch` starts the checks of all pipelines at once, in parallel children, while the agent makes
+  - `prefetch` starts the checks of all pipelines at once, in parallel children (one per core), while the agent makes
     its sinks and imports the runtime (the parent's own loading), before it needs the first verdict;
   - a model whose checks passed before is not checked again: the SHA-256 of its bytes (with the runtime,
     its version, the delegate and threads) is kept in `{state_dir}/verified-models.json` (at most
@@ -23,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -121,11 +123,13 @@ class ModelGuard:
             return
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=len(models) + 1, thread_name_prefix="model-check")
+                # one child per core at most: more would not finish sooner, and each needs its model's memory
+                children = min(len(models), os.cpu_count() or 1)
+                self._pool = ThreadPoolExecutor(max_workers=children + 1, thread_name_prefix="model-check")
             pool = self._pool
+            pool.submit(_import_runtimes, {config.runtime for config, _ in models})
             for config, path in models:
                 self._pending[(config.name, path)] = (config, pool.submit(self._check, agent, config, path))
-        pool.submit(_import_runtimes, {config.runtime for config, _ in models})
 
     def checked_model(self, agent: AgentConfig, config: PipelineConfig, path: str) -> OpenedModel:
         """The model at `path`, opened and verified, once its check passed; raises with the reason if not."""
@@ -157,7 +161,8 @@ class ModelGuard:
         report = selftest_in_child(agent, config.name, path, "", agent.trusted_keys, agent.allow_unsigned_models,
                                    agent.models.selftest_timeout_s, self._stop)
         if report.get("sha256") != sha256:
-            raise ModelChangedError(f"{path} changed while it was being checked: start again once it is written")
+            raise ModelChangedError(f"{path} changed while it was being checked: once it is written completely, "
+                                    "start or reload the agent again")
         logger.info("pipeline %s: model %s passed its check in a child process in %.2f s",
                     config.name, path, report["seconds"])
         verified.add(key)
