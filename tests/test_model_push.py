@@ -70,8 +70,10 @@ def test_push_swaps_between_two_frames_survives_a_restart_and_rolls_back(
     kinds = [e["event"] for e in events(collector, "swapper")]
     assert kinds == ["accepted", "received", "verified", "activated"], kinds
     assert len({e["transfer_id"] for e in events(collector, "swapper")}) == 1
-    state = json.loads(collector.payloads("edge/swapper/state")[-1])
-    assert state["groups"] == ["kitchen"] and state["pipelines"]["cam"]["model"]["version"] == "2.0"
+    # the state is published as soon as the model changed, not only every state_interval_s
+    last_state = lambda: json.loads(collector.payloads("edge/swapper/state")[-1])
+    assert wait_until(lambda: last_state()["pipelines"]["cam"]["model"]["version"] == "2.0", 10), last_state()
+    assert last_state()["groups"] == ["kitchen"]
 
     listing = subprocess.run([sys.executable, "-m", "edge_agent", "models", "list", "--config", str(config), "--json"],
                              capture_output=True, text=True, cwd=REPO, timeout=30)

@@ -46,6 +46,7 @@ class Agent:
         self.config_path = config_path
         self._reload_requested = threading.Event()
         self._wake = threading.Event()  # set by signal handlers so the main loop reacts at once
+        self._state_now = threading.Event()  # a model changed: the main loop publishes the state at once
         self.started_mono = time.monotonic()
         self.registry = PipelineRegistry()
         # a reload (its own thread) and model installs (theirs) change pipelines one at a time; readers
@@ -256,6 +257,7 @@ class Agent:
             if pipeline is not None and not restart and pipeline.status != "failed":
                 pipeline.swap_model(active)  # a pipeline whose source has ended keeps it for nothing: no replay
                 self._announce_pipelines()  # the new model may have other labels (entities)
+                self._state_due()
                 return
             config = next(p for p in self.config.pipelines if p.name == name)
             if pipeline is not None:
@@ -266,6 +268,13 @@ class Agent:
             new.start()
             logger.info("pipeline %s restarted with model %s %s", name, active.ref.name, active.ref.version)
             self._announce_pipelines()
+            self._state_due()
+
+    def _state_due(self) -> None:
+        """Publish the state now, from the main loop: who pushed a model reads its version at once,
+        not up to state_interval_s later."""
+        self._state_now.set()
+        self._wake.set()
 
     def _wait(self) -> None:
         next_state = time.monotonic()
@@ -274,7 +283,8 @@ class Agent:
             self._follow_reload()
             if self.stop_event.is_set():
                 return
-            if time.monotonic() >= next_state:
+            if time.monotonic() >= next_state or self._state_now.is_set():
+                self._state_now.clear()
                 self.publish_state()
                 next_state = time.monotonic() + interval_s
             self._tell_systemd()
