@@ -1,21 +1,9 @@
-"""Plain data that crosses module boundaries: frames in, predictions out."""
+"""Plain data that crosses module boundaries: the predictions a pipeline hands to its sinks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured image (BGR uint8, HxWx3) with when it was captured."""
-
-    image: np.ndarray = field(repr=False)
-    index: int
-    captured_at: float  # UNIX seconds, for the payload's `ts`
-    captured_mono: float  # time.monotonic(), for latency
 
 
 @dataclass(frozen=True)

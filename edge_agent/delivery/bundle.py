@@ -84,11 +84,16 @@ class Bundle:
     signature: Signature | None
 
 
+def is_bundle_bytes(content: bytes) -> bool:
+    """True when `content` starts like a zip archive (a .tflite starts with an offset and 'TFL3')."""
+    return content[:4] == _ZIP_MAGIC
+
+
 def is_bundle_file(path: str | Path) -> bool:
-    """True when the file starts like a zip archive (a .tflite starts with an offset and 'TFL3')."""
+    """True when the file starts like a bundle (see is_bundle_bytes); False when it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(4) == _ZIP_MAGIC
+            return is_bundle_bytes(handle.read(4))
     except OSError:
         return False
 

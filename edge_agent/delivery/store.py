@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 ACTIVE_FILE = "active.json"
 STORE_FORMAT = 1
-BUNDLE_MAGIC = b"PK\x03\x04"
 MIN_KEPT = 2  # the active model and the rollback target
 
 
@@ -119,7 +118,9 @@ class ModelStore:
 
     def add_bytes(self, content: bytes) -> str:
         """Write a model into the store (atomically); its store name."""
-        name = _file_name(hashlib.sha256(content).hexdigest(), ".eab" if content[:4] == BUNDLE_MAGIC else ".tflite")
+        from edge_agent.delivery.bundle import is_bundle_bytes  # see _suffix_of
+
+        name = _file_name(hashlib.sha256(content).hexdigest(), ".eab" if is_bundle_bytes(content) else ".tflite")
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / name).exists():
             write_file_atomically(self.folder / name, content)
@@ -183,8 +184,11 @@ def _file_name(sha256: str, suffix: str) -> str:
 
 
 def _suffix_of(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return ".eab" if handle.read(4) == BUNDLE_MAGIC else ".tflite"
+    # imported here: bundle.py brings `cryptography` (~11 MB), which the daemon loads only when
+    # a model enters the store, not at every start (the store itself is imported at start)
+    from edge_agent.delivery.bundle import is_bundle_file
+
+    return ".eab" if is_bundle_file(path) else ".tflite"
 
 
 def _sha256_of_file(path: Path) -> str:
