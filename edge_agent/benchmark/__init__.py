@@ -2,8 +2,9 @@
 
 Measures, on the same model, runtime and threads: the interpreter alone; the plain
 single-thread loop; the real agent end to end (child process, QoS 1 to a real broker,
-every message confirmed by a subscriber); capture→publish latency at a paced 30 fps
-source; the agent's peak RSS, CPU use and time to its first prediction.
+every message confirmed by a subscriber), these three in interleaved rounds (rounds.py);
+then capture→publish latency at a paced 30 fps source; the agent's peak RSS, CPU use and
+time to its first prediction.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.benchmark.agent_run import run_agent
+from edge_agent.benchmark.agent_run import AgentChild, run_agent
 from edge_agent.benchmark.decode_time import decode_time_ms
-from edge_agent.benchmark.in_process import interpreter_fps, plain_loop_fps
+from edge_agent.benchmark.in_process import InterpreterLoop, PlainLoop
+from edge_agent.benchmark.rounds import DEFAULT_ROUNDS, Round, order_of, plan_rounds, summarise
 from edge_agent.data import DEMO_MODEL, demo_file
 from edge_agent.config import MqttConfig, PipelineConfig, SourceSpec
 from edge_agent.local_broker import LocalBroker
@@ -69,6 +71,7 @@ class BenchOptions:
     runtime: str = "auto"
     broker: str = ""
     interpret: bool = False  # tracking, events, counts, zones and Home Assistant discovery on
+    rounds: int = DEFAULT_ROUNDS
 
 
 def default_model() -> str:
@@ -83,6 +86,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
     model = options.model or default_model()
     threads = options.threads or os.cpu_count() or 1
     runtime = import_runtime(options.runtime)[0]
+    rounds, window_s = plan_rounds(options.seconds, options.rounds)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         source = options.source or _default_source(workdir)
@@ -95,40 +99,57 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         pipeline = PipelineConfig(
             name="bench", source=SourceSpec(uri=source, loop=True), model=model, runtime=runtime, num_threads=threads
         )
-        seconds = options.seconds
-        progress(f"interpreter alone ({seconds:g} s)…")
-        interp_fps, invoke_ms = interpreter_fps(pipeline, seconds)
-        decode_ms, layout = decode_time_ms(pipeline)
-        progress(f"decode: {decode_ms:.3f} ms/frame median ({layout} layout)")
-        progress(f"plain single-thread loop ({seconds:g} s)…")
-        plain_fps = plain_loop_fps(pipeline, seconds, MqttConfig(host=host, port=port))
 
-        def agent(device: str, max_fps: float):
-            text = CONFIG_TEMPLATE.format(
+        def agent_config(device: str, max_fps: float) -> str:
+            return CONFIG_TEMPLATE.format(
                 device=device, workdir=workdir, host=host, port=port, model=Path(model).resolve(),
                 runtime=runtime, threads=threads, source=Path(source).resolve() if Path(source).exists() else source,
                 max_fps=max_fps, realtime="true" if max_fps else "false",
                 interpret=INTERPRET_ON if options.interpret else INTERPRET_OFF,
             )
-            return run_agent(text, workdir, host, port, device, seconds)
 
-        progress(f"agent end to end, as fast as it goes ({seconds:g} s)…")
-        full = agent("bench-full", 0.0)
-        progress(f"agent end to end, source paced at {PACED_FPS:g} fps ({seconds:g} s)…")
-        paced = agent("bench-paced", PACED_FPS)
+        decode_ms, layout = decode_time_ms(pipeline)
+        progress(f"decode: {decode_ms:.3f} ms/frame median ({layout} layout)")
+        progress("setting up: interpreter, plain loop, agent child…")
+        interpreter = InterpreterLoop(pipeline)
+        agent = AgentChild(agent_config("bench-full", 0.0), workdir, host, port, "bench-full")
+        with PlainLoop(pipeline, MqttConfig(host=host, port=port)) as plain, agent:
+            agent.freeze()
+            measured: list[dict[str, float]] = []
+            for index in range(rounds):
+                progress(f"round {index + 1} of {rounds}: interpreter alone, agent end to end, plain loop, "
+                         f"{window_s:.2g} s each…")
+                rates = {}
+                for kind in order_of(index):
+                    if kind == "interpreter":
+                        rates[kind] = interpreter.measure(window_s).rate
+                    elif kind == "plain":
+                        rates[kind] = plain.measure(window_s).rate
+                    else:
+                        agent.measure(window_s)  # counted again below, once every message has arrived
+                measured.append(rates)
+        full = agent.result()
+        results = [Round(m["interpreter"], w.rate, m["plain"]) for m, w in zip(measured, full.windows)]
+        progress(f"agent end to end, source paced at {PACED_FPS:g} fps ({options.seconds:g} s)…")
+        paced = run_agent(agent_config("bench-paced", PACED_FPS), workdir, host, port, "bench-paced", options.seconds)
+    summary = summarise(results)
     return {
         "model": str(model),
         "runtime": runtime,
         "threads": threads,
         "cores": os.cpu_count(),
         "source": options.source or "generated 640x480 MJPG video",
-        "interpreter_fps": round(interp_fps, 1),
-        "invoke_ms": round(invoke_ms, 3),
+        "interpreter_fps": summary["interpreter_fps"],
+        "invoke_ms": round(1000.0 / summary["interpreter_fps"], 3),
         "decode_ms": round(decode_ms, 4),
-        "pipeline_fps": round(full.fps, 1),
-        "ratio": round(full.fps / interp_fps, 3),
-        "plain_loop_fps": round(plain_fps, 1),
-        "speedup_over_plain_loop": round(full.fps / plain_fps, 3),
+        "pipeline_fps": summary["pipeline_fps"],
+        "ratio": summary["ratio"],
+        "ratio_min": summary["ratio_min"],
+        "ratio_max": summary["ratio_max"],
+        "plain_loop_fps": summary["plain_loop_fps"],
+        "speedup_over_plain_loop": summary["speedup_over_plain_loop"],
+        "speedup_min": summary["speedup_min"],
+        "speedup_max": summary["speedup_max"],
         "missing": full.missing + paced.missing,
         "latency_ms": _percentiles(paced.latencies_ms),
         "overhead_ms": _percentiles(paced.overheads_ms),
@@ -136,8 +157,11 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "peak_rss_mb": round(max(full.peak_rss_mb, paced.peak_rss_mb), 1),
         "cpu_percent": round(full.cpu_percent, 1),
         "startup_s": round(min(full.startup_s, paced.startup_s), 3),
-        "seconds": seconds,
+        "seconds": options.seconds,
         "interpret": options.interpret,
+        "rounds": summary["rounds"],
+        "round_s": round(window_s, 3),
+        "per_round": summary["per_round"],
     }
 
 
@@ -163,8 +187,10 @@ def format_results(r: dict) -> str:
         ("source", r["source"]),
         ("interpreter alone", f"{r['interpreter_fps']:.1f} fps ({r['invoke_ms']:.2f} ms/invoke)"),
         ("decode", f"{r['decode_ms']:.3f} ms/frame median"),
-        ("agent end to end", f"{r['pipeline_fps']:.1f} fps, ratio {r['ratio']:.2f} of the interpreter"),
-        ("plain one-thread loop", f"{r['plain_loop_fps']:.1f} fps (agent is {r['speedup_over_plain_loop']:.2f}x)"),
+        ("agent end to end", f"{r['pipeline_fps']:.1f} fps, ratio {r['ratio']:.2f} of the interpreter "
+                             f"(median of {r['rounds']} rounds, {r['ratio_min']:.2f}-{r['ratio_max']:.2f})"),
+        ("plain one-thread loop", f"{r['plain_loop_fps']:.1f} fps (agent is {r['speedup_over_plain_loop']:.2f}x, "
+                                  f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f})"),
         ("messages missing", str(r["missing"])),
         (f"latency at {PACED_FPS:g} fps", f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"),
         ("  of which not invoke", f"p50 {over['p50']} ms, p99 {over['p99']} ms, max {over['max']} ms"),

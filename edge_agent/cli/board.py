@@ -187,7 +187,10 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--model", help="a .tflite model (default: models/bench/mobilenet_v2_int8.tflite, else the demo model)")
     bench.add_argument("--source", help="video file, folder or stream (default: a generated 640x480 MJPG video)")
     bench.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
-    bench.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
+    bench.add_argument("--seconds", type=float, default=10.0,
+                       help="measuring time of each kind, split into --rounds interleaved rounds (default 10)")
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="alternating rounds of interpreter, agent and plain loop; the ratio is their median (default 5)")
     bench.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     bench.add_argument("--broker", type=broker_address, help="HOST:PORT of a broker to use (default: start a private mosquitto)")
     bench.add_argument("--interpret", action="store_true",
@@ -201,7 +204,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
     broker = f"{args.broker[0]}:{args.broker[1]}" if args.broker else ""
     options = BenchOptions(args.model or "", args.source or "", args.threads, args.seconds, args.runtime, broker,
-                           interpret=args.interpret)
+                           interpret=args.interpret, rounds=args.rounds)
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         results = run_bench(options, progress)

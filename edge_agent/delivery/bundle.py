@@ -25,9 +25,9 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.atomic_file import write_file_atomically
-from edge_agent.delivery.keys import PrivateKey, PublicKey
 from edge_agent.delivery.manifest import (
     MODEL_MEMBER,
     Manifest,
@@ -36,6 +36,11 @@ from edge_agent.delivery.manifest import (
     parse_manifest,
 )
 from edge_agent.errors import InputError
+
+if TYPE_CHECKING:
+    # annotations only: keys.py brings `cryptography` (~10 MB of RSS), which a board running a
+    # bare .tflite never needs; the key objects handed to sign/check carry their own methods
+    from edge_agent.delivery.keys import PrivateKey, PublicKey
 
 logger = logging.getLogger(__name__)
 
