@@ -1,10 +1,11 @@
 # make demo: run the bundled demo end to end.   make test: install what the tests need and run them.
+# make test-fast: the edit loop, without the slow tests and the TensorFlow ones.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow install install-test mosquitto systemd-analyze clean
+.PHONY: demo test test-fast test-retrain test-slow test-wheels install install-test mosquitto systemd-analyze clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,28 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Wheels the deploy and package tests build wheelhouses and venvs from, so those tests never
+# reach the network: fetched here, at install time, like every other dependency, by the
+# project's own deploy/wheelhouse.sh. native/: this machine's device requirements plus setuptools
+# and wheel (to build edge-agent's own wheel offline); aarch64/: a Pi's (CPython 3.11).
+TEST_WHEELS := $(VENV)/test-wheels
+$(TEST_WHEELS)/.complete: pyproject.toml deploy/wheelhouse.sh deploy/wheelhouse.py | $(VENV)/.installed-test
+	rm -rf $(TEST_WHEELS) $(TEST_WHEELS).tmp
+	deploy/wheelhouse.sh --python $(BIN)/python --machine "$$(uname -m)" --out $(TEST_WHEELS).tmp/native \
+	  --python-version "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" >/dev/null
+	deploy/wheelhouse.sh --python $(BIN)/python --machine aarch64 --python-version 3.11 --out $(TEST_WHEELS).tmp/aarch64 >/dev/null
+	$(BIN)/pip download --quiet --dest $(TEST_WHEELS).tmp/native/wheels 'setuptools>=68' wheel
+	mkdir -p $(TEST_WHEELS)
+	@# only the dependencies: edge-agent's own wheel is built from the tree under test
+	for kind in native aarch64; do \
+	  rm -f $(TEST_WHEELS).tmp/$$kind/wheels/edge_agent-*.whl $(TEST_WHEELS).tmp/$$kind/wheels/SHA256SUMS \
+	    $(TEST_WHEELS).tmp/$$kind/wheels/manifest.txt; \
+	  mv $(TEST_WHEELS).tmp/$$kind/wheels $(TEST_WHEELS)/$$kind; \
+	done
+	rm -rf $(TEST_WHEELS).tmp
+	touch $@
+test-wheels: $(TEST_WHEELS)/.complete
+
 # mosquitto is the broker the demo and the tests start; install it when it is missing.
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
@@ -46,12 +69,21 @@ systemd-analyze:
 demo: install mosquitto
 	$(BIN)/edge-agent demo
 
-# Tests marked slow (retraining a model from models/) are left out of `make test`: run them with `make test-slow`.
-test: install-test mosquitto systemd-analyze
-	$(BIN)/python -m pytest -q -m "not slow"
+# The whole suite, as CI runs it (.ci/run), but for the tests marked retrain (minutes of
+# retraining a model from models/ to check it reproduces the committed files byte for byte):
+# `make test-retrain` runs those. -ra (pyproject.toml) lists every skip with its reason.
+test: install-test test-wheels mosquitto systemd-analyze
+	$(BIN)/python -m pytest -q -m "not retrain"
 
-test-slow: install-test
-	$(BIN)/python -m pytest -q -m slow
+test-retrain: install-test
+	$(BIN)/python -m pytest -q -m retrain
+test-slow: test-retrain  # its first name
+
+# The edit loop: every test but the slow ones (@pytest.mark.slow) and those that import
+# TensorFlow (@pytest.mark.tensorflow). Run one file or test with
+# .venv/bin/python -m pytest -q tests/test_x.py::test_name
+test-fast: install-test mosquitto systemd-analyze
+	$(BIN)/python -m pytest -q -m "not slow and not tensorflow"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Install edge-agent on a board as a systemd service, or remove it again.
 #
-#   sudo deploy/install.sh                         from this repository (needs PyPI)
+#   sudo deploy/install.sh                         from this repository (builds its wheel; needs PyPI)
 #   sudo deploy/install.sh --wheelhouse DIR        offline, from deploy/wheelhouse.sh's bundle
 #   sudo deploy/install.sh --uninstall [--purge]
 #
 # What it puts where:
 #   /opt/edge-agent/venv                 a venv with edge-agent (and --system-site-packages when
 #                                        the system python has Picamera2, so CSI cameras work)
-#   /opt/edge-agent/models/demo          the demo model and video
+#   /opt/edge-agent/models/demo          the demo model and video, copied from the installed package
 #   /etc/edge-agent/agent.toml           from deploy/agent.example.toml, only when missing
 #   /etc/edge-agent/mqtt_password        empty, root-only, when missing (the unit's LoadCredential=)
 #   /etc/systemd/system/edge-agent.service, enabled (started by you once the config is right)
 #   user edge-agent (no login)           in the groups video, dialout, plugdev
 #
 # Running it again changes only what differs and says so; a changed package restarts a running
-# service. The unit, example config and demo model come from the tree this script is in (the
-# repository, or the bundle deploy/wheelhouse.sh writes); --from only chooses the package.
+# service. The package is always installed as a wheel (a source tree is built into one first),
+# never editable, so the board runs what `pip install edge-agent` gives. The unit and example
+# config come from the tree this script is in (the repository, or the bundle
+# deploy/wheelhouse.sh writes); the demo files come from the installed package (they are its
+# package data), so they always match its version; --from only chooses the package.
 set -euo pipefail
 
 usage() {
@@ -28,8 +31,8 @@ usage: install.sh [--root DIR] [--wheelhouse DIR] [--from PATH] [--python PYTHON
                     is touched, the user goes into DIR/etc/passwd (skipped when DIR has none),
                     and the unit is enabled with `systemctl --root`
   --wheelhouse DIR  install offline from DIR (pip --no-index --find-links DIR)
-  --from PATH       the project: a source tree or a .whl (default: this repository, or with
-                    --wheelhouse the edge-agent wheel in it)
+  --from PATH       the project: a source tree (built into a wheel) or a .whl (default: this
+                    repository, or with --wheelhouse the edge-agent wheel in it)
   --python PYTHON   the interpreter for the venv (default /usr/bin/python3)
   --uninstall       remove the unit, the venv and the user; keep /etc/edge-agent and
                     /var/lib/edge-agent
@@ -145,12 +148,7 @@ put_file() {  # put_file SOURCE DEST MODE [GROUP_ID]: copy when content or mode 
 }
 
 install_files() {
-    local file gid demo="$SOURCE_TREE/edge_agent/data/demo"
-    [ -d "$demo" ] || demo="$SOURCE_TREE/models/demo"  # a wheelhouse bundle's layout
-    for file in "$demo"/*; do
-        [ -f "$file" ] || continue  # the detector's evaluation set (a folder) is for `edge-agent evaluate`, not the board
-        put_file "$file" "$APP_DIR/models/demo/$(basename "$file")" 0644 || true
-    done
+    local gid
     [ ! -f "$SOURCE_TREE/README.md" ] || put_file "$SOURCE_TREE/README.md" "$APP_DIR/README.md" 0644 || true
     install -d -m 0755 "$CONF_DIR"
     # The reference copy is refreshed on every install, so `diff` shows what a new version offers.
@@ -264,6 +262,19 @@ ensure_venv() {
     changed "/opt/edge-agent/venv ($("$VENV/bin/python" --version), system site-packages: $SYSTEM_SITE)"
 }
 
+# The demo files (model, labels, video, ground truth) are the installed package's data: copied
+# to a fixed place so configs and the README can name them whatever Python version the venv has.
+install_demo_files() {
+    local demo file
+    demo=$("$VENV/bin/python" -I -c 'from edge_agent.data import demo_dir; print(demo_dir())') ||
+        die "the installed edge-agent has no demo files (edge_agent.data): is the wheel complete?"
+    [ -f "$demo/digits_int8.tflite" ] || die "the installed edge-agent lacks its demo model ($demo/digits_int8.tflite)"
+    for file in "$demo"/*; do
+        [ -f "$file" ] || continue  # the detector's evaluation set (a folder) is for `edge-agent evaluate`, not the board
+        put_file "$file" "$APP_DIR/models/demo/$(basename "$file")" 0644 || true
+    done
+}
+
 install_package() {
     local kind path wanted target
     choose_package
@@ -271,6 +282,7 @@ install_package() {
     wanted=$(fingerprint "$kind" "$path") || die "cannot fingerprint $path"
     if [ -f "$FINGERPRINT" ] && [ "$(cat "$FINGERPRINT")" = "$wanted" ] && "$VENV/bin/edge-agent" --version >/dev/null 2>&1; then
         same "$("$VENV/bin/edge-agent" --version) in the venv"
+        install_demo_files
         return 1
     fi
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
@@ -280,17 +292,24 @@ install_package() {
         wheelhouse) target="edge-agent[tflite-runtime]" ;;
         wheel) target="${path}[tflite-runtime]" ;;
         tree)
-            # pip builds in the tree it is given (build/, *.egg-info): give it a clean copy.
+            # Built into a wheel first, from a clean copy (pip writes build/ and *.egg-info where
+            # it builds), so what is installed is exactly what a wheel from this tree holds.
             BUILD_DIR=$(mktemp -d)
             trap 'rm -rf "$BUILD_DIR"' EXIT
-            cp -r "$path/pyproject.toml" "$path/edge_agent" "$BUILD_DIR/"
-            [ ! -f "$path/README.md" ] || cp "$path/README.md" "$BUILD_DIR/"
-            target="${BUILD_DIR}[tflite-runtime]" ;;
+            mkdir "$BUILD_DIR/src"
+            cp -r "$path/pyproject.toml" "$path/edge_agent" "$BUILD_DIR/src/"
+            [ ! -f "$path/README.md" ] || cp "$path/README.md" "$BUILD_DIR/src/"
+            find "$BUILD_DIR/src" -name __pycache__ -prune -exec rm -rf {} +
+            "$VENV/bin/python" -m pip --disable-pip-version-check --no-input --quiet \
+                wheel --no-deps --wheel-dir "$BUILD_DIR/dist" "$BUILD_DIR/src" ||
+                die "pip could not build a wheel from $path (see above)"
+            target="$(echo "$BUILD_DIR"/dist/edge_agent-*.whl)[tflite-runtime]" ;;
     esac
     # The same version number from a newer tree must still replace the installed code.
     "$VENV/bin/python" -m pip --disable-pip-version-check --quiet uninstall -y edge-agent >/dev/null 2>&1 || true
     "${pip[@]}" "$target" || die "pip could not install $target (see above)"
     "$VENV/bin/edge-agent" --version >/dev/null || die "the venv cannot run edge-agent after installing it"
+    install_demo_files
     # A real inference run: catches wheels for the wrong machine or a runtime that cannot load.
     local output
     output=$("$VENV/bin/edge-agent" inspect "$APP_DIR/models/demo/digits_int8.tflite" 2>&1) ||

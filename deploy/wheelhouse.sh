@@ -3,6 +3,7 @@
 #
 #   deploy/wheelhouse.sh                      # aarch64, CPython 3.11 (Raspberry Pi OS / Debian 12)
 #   deploy/wheelhouse.sh --out /media/usb/edge-agent
+#   deploy/wheelhouse.sh --no-index --find-links DIR   # offline, from wheels already in DIR
 #
 # The bundle holds the wheels of the device requirements (pyproject.toml's dependencies plus
 # the tflite-runtime extra; never TensorFlow) for the target, the project's own wheel, and what
@@ -10,7 +11,10 @@
 #
 #   OUT/wheels/*.whl, manifest.txt, SHA256SUMS
 #   OUT/deploy/install.sh, OUT/deploy/agent.example.toml, OUT/systemd/edge-agent.service,
-#   OUT/models/demo/, OUT/README.md
+#   OUT/README.md
+#
+# The demo model and video travel inside the edge-agent wheel (package data); install.sh copies
+# them from the installed package to /opt/edge-agent/models/demo.
 #
 # On the board: sudo OUT/deploy/install.sh --wheelhouse OUT/wheels
 set -euo pipefail
@@ -18,11 +22,16 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 usage: wheelhouse.sh [--machine aarch64] [--python-version 3.11] [--out DIR] [--python PYTHON]
+                     [--find-links DIR ...] [--no-index]
 
   --machine         the board's `uname -m` (default aarch64)
   --python-version  the board's python3 version, MAJOR.MINOR (default 3.11: Debian 12, Pi OS bookworm)
   --out DIR         where to write the bundle (default dist/edge-agent-VERSION-MACHINE-cpXY)
   --python PYTHON   the workstation interpreter that runs pip (default python3)
+  --find-links DIR  also take wheels from DIR (repeatable); pip's own PIP_* settings apply too
+  --no-index        only from --find-links: no package index, no network. DIR must then hold
+                    the board's wheels and, for building edge-agent's own wheel, setuptools
+                    and wheel for this workstation
 EOF
 }
 
@@ -30,12 +39,16 @@ MACHINE=aarch64
 PY_VERSION=3.11
 OUT=
 PYTHON=${PYTHON:-python3}
+FIND_LINKS=()
+NO_INDEX=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --machine) MACHINE=${2:?}; shift 2 ;;
         --python-version) PY_VERSION=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --python) PYTHON=${2:?}; shift 2 ;;
+        --find-links) FIND_LINKS+=("${2:?--find-links needs a directory}"); shift 2 ;;
+        --no-index) NO_INDEX=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "wheelhouse.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -52,6 +65,17 @@ HELPER=("$PYTHON" -B "$REPO/deploy/wheelhouse.py")  # -B: no __pycache__ in the 
 
 "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip: sudo apt install python3-pip, or --python .venv/bin/python"
 [[ "$PY_VERSION" =~ ^3\.[0-9]+$ ]] || die "--python-version wants MAJOR.MINOR, e.g. 3.11"
+SOURCES=()  # pip options saying where wheels come from
+for dir in "${FIND_LINKS[@]}"; do
+    [ -d "$dir" ] || die "--find-links $dir is not a directory"
+    SOURCES+=(--find-links "$(cd "$dir" && pwd)")
+done
+WHERE="the index"
+if [ "$NO_INDEX" = 1 ]; then
+    [ ${#FIND_LINKS[@]} -gt 0 ] || die "--no-index needs --find-links DIR (where else would the wheels come from?)"
+    SOURCES+=(--no-index)
+    WHERE="--find-links ${FIND_LINKS[*]}"
+fi
 
 rm -rf "$WHEELS"
 mkdir -p "$WHEELS"
@@ -63,20 +87,20 @@ for tag in $("$PYTHON" -B -c "import sys; sys.path.insert(0, '$REPO/deploy'); im
     TARGET+=(--platform "$tag")
 done
 PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
-
-echo "downloading wheels for CPython $PY_VERSION on $MACHINE into $WHEELS"
-if ! "${PIP[@]}" download --quiet "${TARGET[@]}" --dest "$WHEELS" -r "$REQUIREMENTS"; then
+echo "collecting wheels for CPython $PY_VERSION on $MACHINE from $WHERE into $WHEELS"
+if ! "${PIP[@]}" download --quiet "${SOURCES[@]}" "${TARGET[@]}" --dest "$WHEELS" -r "$REQUIREMENTS"; then
     # One resolution for all keeps versions consistent; when it fails, ask requirement by
     # requirement so the message names the one without a wheel for the board.
     missing=()
     scratch=$(mktemp -d)
     while read -r requirement; do
-        "${PIP[@]}" download --quiet --no-deps "${TARGET[@]}" --dest "$scratch" "$requirement" >/dev/null 2>&1 ||
+        "${PIP[@]}" download --quiet --no-deps "${SOURCES[@]}" "${TARGET[@]}" --dest "$scratch" "$requirement" >/dev/null 2>&1 ||
             missing+=("$requirement")
     done < "$REQUIREMENTS"
     rm -rf "$scratch"
     [ ${#missing[@]} -eq 0 ] && die "pip could not resolve the requirements together (see above)"
-    die "no wheel on the index for CPython $PY_VERSION on $MACHINE (manylinux <= 2.34): ${missing[*]}"
+    [ "$WHERE" = "the index" ] || where_note=" (looked only in $WHERE)"
+    die "no wheel on the index for CPython $PY_VERSION on $MACHINE (manylinux <= 2.34)${where_note:-}: ${missing[*]}"
 fi
 
 # The project's own wheel, built from a clean copy so no build/ or egg-info lands in the repository.
@@ -85,7 +109,8 @@ build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/edge_agent" "$build/"
 find "$build" -name __pycache__ -prune -exec rm -rf {} +
-"${PIP[@]}" wheel --quiet --no-deps --wheel-dir "$WHEELS" "$build" || die "could not build the edge-agent wheel"
+"${PIP[@]}" wheel --quiet --no-deps "${SOURCES[@]}" --wheel-dir "$WHEELS" "$build" ||
+    die "could not build the edge-agent wheel (offline: --find-links needs setuptools and wheel for this machine)"
 
 "${HELPER[@]}" check "$WHEELS" --machine "$MACHINE" --python-version "$PY_VERSION" || exit 1
 
@@ -94,9 +119,7 @@ install -D -m 0755 "$REPO/deploy/install.sh" "$OUT/deploy/install.sh"
 install -D -m 0644 "$REPO/deploy/agent.example.toml" "$OUT/deploy/agent.example.toml"
 install -D -m 0644 "$REPO/systemd/edge-agent.service" "$OUT/systemd/edge-agent.service"
 install -D -m 0644 "$REPO/README.md" "$OUT/README.md"
-rm -rf "$OUT/models/demo"
-mkdir -p "$OUT/models"
-cp -r "$REPO/edge_agent/data/demo" "$OUT/models/demo"
+rm -rf "$OUT/models"  # bundles of earlier versions carried the demo files here
 
 count=$(find "$WHEELS" -name '*.whl' | wc -l)
 echo "wheelhouse ready: $OUT ($count wheels, $(du -sh "$OUT" | cut -f1))"

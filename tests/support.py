@@ -31,6 +31,35 @@ DEMO_TRUTH = (DEMO / "digits-demo.truth.txt").read_text().split()
 RUNTIMES = ["litert", "tflite-runtime"]
 
 
+def local_wheels(kind: str) -> Path:
+    """A folder of wheels that `make test-wheels` fetched at install time (`native`: this machine's
+    device requirements plus setuptools and wheel; `aarch64`: a Pi's), so the install tests build
+    wheelhouses and venvs without the network. Missing: the test fails saying what to run."""
+    folder = Path(os.environ.get("EDGE_AGENT_TEST_WHEELS", Path(sys.prefix) / "test-wheels")) / kind
+    if not any(folder.glob("*.whl")):
+        pytest.fail(f"no wheels in {folder}: `make test-wheels` fetches them (`make test` does it first)", pytrace=False)
+    return folder
+
+
+def _can_unshare_net() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+def run_offline(*args: str | Path, check: bool = True, env: dict | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """Run a command without this machine's pip settings and, where `unshare --net` works (root),
+    in a fresh network namespace with no network at all: an install that needs the index fails."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, **(env or {})}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    prefix = ["unshare", "--net"] if _can_unshare_net() else []
+    started = time.monotonic()
+    result = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, timeout=timeout_s, env=env)
+    network = "no network" if prefix else "network present: unshare --net is not allowed here"
+    print(f"$ {' '.join(str(a) for a in args)}  ({time.monotonic() - started:.1f} s, exit {result.returncode}, {network})")
+    if check:
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

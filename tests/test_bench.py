@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from support import DEMO_MODEL, DEMO_VIDEO, REPO
 from edge_agent.benchmark import CONFIG_TEMPLATE
 from edge_agent.benchmark.agent_run import AgentChild
@@ -17,6 +19,7 @@ REQUIRED = {"interpreter_fps", "pipeline_fps", "ratio", "plain_loop_fps", "laten
             "startup_s", "threads", "runtime", "model", "cpu_percent", "missing", "decode_ms"}
 
 
+@pytest.mark.slow
 def test_bench_json_reports_every_measurement_with_nothing_missing():
     result = subprocess.run(
         [sys.executable, "-m", "edge_agent", "bench", "--model", str(DEMO_MODEL), "--source", str(DEMO_VIDEO),
@@ -42,6 +45,7 @@ def test_bench_json_reports_every_measurement_with_nothing_missing():
     assert report["speedup_min"] <= report["speedup_over_plain_loop"] <= report["speedup_max"]
 
 
+@pytest.mark.slow
 def test_bench_table_for_people(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "edge_agent", "bench", "--model", str(DEMO_MODEL), "--source", str(DEMO_VIDEO),

@@ -1,5 +1,6 @@
-"""deploy/wheelhouse.sh and deploy/install.sh for real: wheels downloaded from the index (through
-pip's cache), installs into throwaway roots (never the host's /etc), offline where it matters."""
+"""deploy/wheelhouse.sh and deploy/install.sh for real, without the network: wheelhouses built
+with --no-index from the wheels `make test-wheels` fetched from the index at install time, installs
+into throwaway roots (never the host's /etc) in a network namespace with no network."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from support import REPO
+from support import REPO, local_wheels, run_offline
 
 INSTALL = REPO / "deploy" / "install.sh"
 WHEELHOUSE = REPO / "deploy" / "wheelhouse.sh"
@@ -25,8 +27,9 @@ MACHINE = platform.machine()
 
 def _installer_python() -> list[str]:
     """install.sh defaults to /usr/bin/python3, as on a board; where that cannot make venvs (no
-    python3-venv) or is too old, the tests hand it the interpreter behind their own venv."""
-    check = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"
+    python3-venv), or is not the Python version the local wheels are for (this venv's), the tests
+    hand it the interpreter behind their own venv."""
+    check = f"import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"
     if Path("/usr/bin/python3").exists() and subprocess.run(["/usr/bin/python3", "-c", check]).returncode == 0:
         return []
     return ["--python", sys._base_executable]
@@ -37,7 +40,10 @@ TARGET_PYTHON = PYTHON_ARGS[1] if PYTHON_ARGS else "/usr/bin/python3"
 TARGET_PY_VERSION = subprocess.run([TARGET_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                                    capture_output=True, text=True, check=True).stdout.strip()
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates users and root-owned files: run as root (the CI container is)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates users and root-owned files: run as root (the CI container is)"),
+]
 
 
 def run(*args: str | Path, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -51,21 +57,19 @@ def run(*args: str | Path, env: dict | None = None, check: bool = True, timeout:
 
 
 def offline(*args: str | Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run without a network (a fresh network namespace) and without this machine's pip config,
-    so an "offline" install can only use the wheelhouse."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, **(env or {})}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    prefix = ["unshare", "--net"] if _can_unshare_net() else []
-    started = time.monotonic()
-    result = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
-    print(f"$ {' '.join(prefix + [str(a) for a in args])}  ({time.monotonic() - started:.1f} s, exit {result.returncode})")
-    if check:
-        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result
+    """No network, no pip settings of this machine: an "offline" step can only use local wheels."""
+    return run_offline(*args, check=check, env=env)
 
 
-def _can_unshare_net() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+def offline_pip_env() -> dict[str, str]:
+    """For install.sh without --wheelhouse: pip takes the dependencies (and, to build the wheel,
+    setuptools and wheel) from the local wheels instead of the index."""
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(local_wheels("native"))}
+
+
+def wheel_sources(*kinds: str) -> list[str]:
+    """wheelhouse.sh options for an offline build from the local wheels."""
+    return ["--no-index", *[arg for kind in kinds for arg in ("--find-links", str(local_wheels(kind)))]]
 
 
 def seeded_root(path: Path) -> Path:
@@ -104,7 +108,8 @@ def copy_tree(destination: Path) -> Path:
 def native_wheelhouse(tmp_path_factory) -> Path:
     """A bundle for THIS machine (same script, --machine `uname -m`), so it can be installed here."""
     out = tmp_path_factory.mktemp("bundle") / f"edge-agent-{MACHINE}"
-    run(WHEELHOUSE, "--machine", MACHINE, "--python-version", TARGET_PY_VERSION, "--out", out, "--python", sys.executable)
+    offline(WHEELHOUSE, "--machine", MACHINE, "--python-version", TARGET_PY_VERSION, "--out", out, "--python", sys.executable,
+            *wheel_sources("native"))
     return out
 
 
@@ -112,7 +117,8 @@ def native_wheelhouse(tmp_path_factory) -> Path:
 def aarch64_wheelhouse(tmp_path_factory) -> tuple[Path, float]:
     out = tmp_path_factory.mktemp("bundle") / "edge-agent-aarch64"
     started = time.monotonic()
-    result = run(WHEELHOUSE, "--out", out, "--python", sys.executable)
+    # native too: setuptools and wheel build edge-agent's own wheel on this machine
+    result = offline(WHEELHOUSE, "--out", out, "--python", sys.executable, *wheel_sources("aarch64", "native"))
     print(result.stdout)
     return out, time.monotonic() - started
 
@@ -133,17 +139,31 @@ def test_aarch64_wheelhouse_has_every_device_requirement(aarch64_wheelhouse):
     assert not [n for n in names if n.startswith(("tensorflow", "tf_"))], "TensorFlow never goes on the board"
     assert not [n for n in names if "x86_64" in n]
     assert subprocess.run(["sha256sum", "--quiet", "--strict", "-c", "SHA256SUMS"], cwd=wheels).returncode == 0
-    for path in ("deploy/install.sh", "deploy/agent.example.toml", "systemd/edge-agent.service", "models/demo/digits_int8.tflite"):
+    for path in ("deploy/install.sh", "deploy/agent.example.toml", "systemd/edge-agent.service"):
         assert (out / path).is_file(), f"the bundle lacks {path}"
     assert os.access(out / "deploy/install.sh", os.X_OK)
+    # the demo files travel inside edge-agent's own wheel (install.sh copies them from the package)
+    (own,) = wheels.glob("edge_agent-*.whl")
+    with zipfile.ZipFile(own) as wheel:
+        assert "edge_agent/data/demo/digits_int8.tflite" in wheel.namelist()
+    assert not (out / "models").exists(), "the demo files are the package's, not the bundle's"
 
 
 def test_wheelhouse_names_the_requirement_without_a_board_wheel(tmp_path):
-    """armv7l (32-bit Pi OS) has no manylinux numpy 1.26 or OpenCV 4.11 wheels on PyPI."""
-    result = run(WHEELHOUSE, "--machine", "armv7l", "--out", tmp_path / "b", "--python", sys.executable, check=False)
+    """armv7l (32-bit Pi OS): PyPI has no manylinux numpy 1.26 or OpenCV 4.11 wheels for it, and the
+    local wheels have none either; the message names what is missing and where it looked."""
+    result = offline(WHEELHOUSE, "--machine", "armv7l", "--out", tmp_path / "b", "--python", sys.executable,
+                     *wheel_sources("aarch64", "native"), check=False)
     assert result.returncode != 0
     assert "no wheel on the index for CPython 3.11 on armv7l" in result.stderr
+    assert f"(looked only in --find-links {local_wheels('aarch64')} {local_wheels('native')})" in result.stderr
     assert "opencv-python-headless==4.11.0.86" in result.stderr.splitlines()[-1]
+
+
+def test_wheelhouse_no_index_needs_a_find_links_folder(tmp_path):
+    result = run(WHEELHOUSE, "--no-index", "--out", tmp_path / "b", "--python", sys.executable, check=False)
+    assert result.returncode == 1 and "--no-index needs --find-links DIR" in result.stderr
+    assert not (tmp_path / "b").exists(), "nothing is written before the options are checked"
 
 
 def test_check_rejects_a_wheel_for_the_wrong_machine(tmp_path, aarch64_wheelhouse):
@@ -197,12 +217,12 @@ def test_offline_install_into_a_root_then_again_then_uninstall(tmp_path, native_
     assert "OK (1 pipeline(s)" in run(venv / "bin/edge-agent", "check-config", staged).stdout
 
     # the installed unit verifies with its ExecStart pointing into the root's venv
-    if shutil.which("systemd-analyze"):
-        checked = tmp_path / "verify" / "edge-agent.service"
-        checked.parent.mkdir()
-        checked.write_text(unit.read_text().replace("ExecStart=/opt/edge-agent/", f"ExecStart={root}/opt/edge-agent/"))
-        result = run("systemd-analyze", "verify", checked, check=False)
-        assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stderr
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing: `make test` installs the systemd package"
+    checked = tmp_path / "verify" / "edge-agent.service"
+    checked.parent.mkdir()
+    checked.write_text(unit.read_text().replace("ExecStart=/opt/edge-agent/", f"ExecStart={root}/opt/edge-agent/"))
+    result = run("systemd-analyze", "verify", checked, check=False)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stderr
 
     # second run: your config survives, nothing else changes, and it says so
     config.write_text(config.read_text().replace('log_level = "info"', 'log_level = "debug"'))
@@ -226,21 +246,30 @@ def test_offline_install_into_a_root_then_again_then_uninstall(tmp_path, native_
 
 
 def test_install_from_a_source_tree_reinstalls_only_when_it_changed(tmp_path):
-    """The default (--from this repository), online: a changed source file replaces the code
-    even though the version number stayed the same."""
+    """The default (--from this repository; pip reaches the dependencies through PIP_* here, the
+    index on a board): the tree is built into a wheel and that is installed, not the tree and
+    not editable; a changed source file replaces the code even though the version number
+    stayed the same."""
     (tmp_path / "tree").mkdir()
     tree = copy_tree(tmp_path / "tree")
     root = tmp_path / "root"  # bare: no account files, so no user (and a note saying so)
-    first = run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS)
+    first = offline(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS, env=offline_pip_env())
     print(first.stdout)
     assert "user edge-agent not created" in first.stdout
     venv_python = root / "opt/edge-agent/venv/bin/python"
     assert run(root / "opt/edge-agent/venv/bin/edge-agent", "--version").returncode == 0
-    assert "nothing to change" in run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS).stdout
+    installed = run(venv_python, "-I", "-c", "import edge_agent, edge_agent.data as d; print(edge_agent.__file__); print(d.demo_dir())").stdout
+    site = str(root / "opt/edge-agent/venv/lib")
+    assert all(line.startswith(site) for line in installed.splitlines()), f"not installed as a wheel into the venv: {installed}"
+    assert not list((root / "opt/edge-agent/venv/lib").glob("python3*/site-packages/__editable__*")), "installed editable"
+    demo = root / "opt/edge-agent/models/demo"
+    # the files, not the detector's evaluation set (a folder, for `edge-agent evaluate`)
+    assert sorted(p.name for p in demo.iterdir()) == sorted(p.name for p in (REPO / "edge_agent/data/demo").iterdir() if p.is_file())
+    assert "nothing to change" in offline(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS, env=offline_pip_env()).stdout
 
     init = tree / "edge_agent" / "__init__.py"
     init.write_text(init.read_text() + "\nINSTALLED_FROM_THE_CHANGED_TREE = True\n")
-    third = run(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS)
+    third = offline(tree / "deploy/install.sh", "--root", root, *PYTHON_ARGS, env=offline_pip_env())
     assert re.search(r"^  \+ edge-agent .* in the venv", third.stdout, re.M), third.stdout
     probe = "import edge_agent; print(edge_agent.INSTALLED_FROM_THE_CHANGED_TREE)"
     # -I: not the repository's edge_agent from the working directory, the venv's

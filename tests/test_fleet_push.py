@@ -8,6 +8,8 @@ import hashlib
 import json
 import time
 
+import pytest
+
 from support import DEMO_FLOAT_MODEL, DEMO_MODEL, wait_until
 from crafted_models import make_bundle, make_keys
 from push_support import agent_config, predictions, push_cli
@@ -17,6 +19,7 @@ INT8_SHA = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
 FLOAT_SHA = hashlib.sha256(DEMO_FLOAT_MODEL.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_push_to_a_group_of_twenty_boards(tmp_path, session_broker, collect, agent_process):
     keys = make_keys(tmp_path, "dev", "other")
     v1 = make_bundle(tmp_path / "v1.eab", DEMO_MODEL, keys["dev"], "1.0")

@@ -28,6 +28,7 @@ def agent_log_lines(agent, text: str) -> list[str]:
     return [line for line in agent.stderr.splitlines() if " edge_agent." in line and text in line]
 
 
+@pytest.mark.slow
 def test_live_stream_is_throttled_skips_frames_and_survives_the_camera_going_away(tmp_path, mjpeg_server, agent_process):
     agent = agent_process(
         "run", "--model", str(DEMO_MODEL), "--source", mjpeg_server.url, "--no-mqtt", "--max-fps", "5",
@@ -121,6 +122,7 @@ class SnapshotServer:
         self._thread.join(10)
 
 
+@pytest.mark.slow
 def test_a_source_that_keeps_dropping_is_reconnected_with_backoff_and_not_logged_per_frame(tmp_path, agent_process):
     camera = SnapshotServer()
     try:

@@ -1,5 +1,6 @@
 """models/make_detector.py reproduces the committed detector, video, ground truth and evaluation set
-byte for byte (minutes of training: marked slow, `make test-slow` runs it)."""
+byte for byte (minutes of training: marked retrain, so `make test` leaves it out and
+`make test-retrain` runs it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ OUTPUTS = ["digits_detector_int8.tflite", "digits-detect-demo.avi", "digits-dete
            "digits_detector.json"]
 
 
+@pytest.mark.retrain
 @pytest.mark.slow
+@pytest.mark.tensorflow  # make_detector.py trains with TensorFlow (the host extra)
 def test_the_script_reproduces_the_committed_files(tmp_path):
     result = subprocess.run([sys.executable, "models/make_detector.py", "--out", str(tmp_path), "--device-python", ""],
                             capture_output=True, text=True, cwd=REPO, timeout=3600)

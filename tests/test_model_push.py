@@ -143,6 +143,7 @@ def test_a_model_that_fails_on_live_frames_is_rolled_back_during_probation(
     assert agent.process.poll() is None
 
 
+@pytest.mark.slow
 def test_a_model_whose_invoke_stalls_is_rolled_back_before_the_watchdog_fires(
         tmp_path, session_broker, collect, agent_process, signed):
     """Under a systemd watchdog of 2 s the probation limit is 1 s. The slow-on-contrast model answers flat

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from support import DEMO_MODEL, DEMO_VIDEO, Broker, wait_until, write_config
@@ -65,6 +66,7 @@ def test_password_from_systemd_credentials_directory(tmp_path, agent_process):
     assert "s3cret" not in agent.stderr, "the password must never reach the log"
 
 
+@pytest.mark.slow
 def test_a_refused_password_is_logged_once_and_retried_with_backoff(tmp_path, agent_process):
     broker = broker_with_user(tmp_path, "agent", "right password")
     credentials = tmp_path / "credentials"

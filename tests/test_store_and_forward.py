@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 import pytest
 
@@ -85,6 +86,7 @@ def first_occurrences_in_order(seqs: list[int]) -> bool:
     return firsts == sorted(firsts)
 
 
+@pytest.mark.slow
 def test_broker_away_for_20_s_loses_nothing_and_keeps_order(tmp_path, agent_process):
     broker = Broker(tmp_path, persistence=True).start()
     subscriber = PersistentSubscriber(broker, "edge/outage/cam/predictions", "outage-watch")
@@ -112,6 +114,7 @@ def test_broker_away_for_20_s_loses_nothing_and_keeps_order(tmp_path, agent_proc
     assert "not connected" not in agent.stderr, "paho's per-attempt error is not the user's business"
 
 
+@pytest.mark.slow
 def test_messages_spooled_before_sigkill_are_delivered_after_restart(tmp_path, agent_process):
     broker = Broker(tmp_path).start()
     subscriber = PersistentSubscriber(broker, "edge/killed/cam/predictions", "killed-watch")
@@ -146,6 +149,7 @@ def test_messages_spooled_before_sigkill_are_delivered_after_restart(tmp_path, a
     assert after and min(after) == max(spooled) + 1
 
 
+@pytest.mark.slow
 def test_a_full_spool_drops_oldest_and_counts_every_drop(tmp_path, agent_process):
     broker = Broker(tmp_path)  # not started: the whole run happens during an outage
     source = f'"{DEMO_VIDEO}"'  # 200 frames, then the pipeline ends
