@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support import DEMO_MODEL, DEMO_VIDEO, REPO
-from edge_agent.benchmark import CONFIG_TEMPLATE
+from edge_agent.benchmark import CONFIG_TEMPLATE, INTERPRET_OFF
 from edge_agent.benchmark.agent_run import AgentChild
 from edge_agent.benchmark.rounds import Round, median_round, order_of, plan_rounds, summarise
 
@@ -69,7 +69,7 @@ def test_the_agent_child_stays_up_and_is_frozen_between_its_windows(tmp_path, se
     """One agent process for every round: nothing arrives while it is frozen, it goes on after."""
     text = CONFIG_TEMPLATE.format(device="frozen", workdir=tmp_path, host=session_broker.host, port=session_broker.port,
                                   model=DEMO_MODEL, runtime="litert", threads=1, source=DEMO_VIDEO, max_fps=200,
-                                  realtime="false")
+                                  realtime="false", interpret=INTERPRET_OFF)
     agent = AgentChild(text, tmp_path, session_broker.host, session_broker.port, "frozen")
     with agent:
         pid = agent._process.pid
