@@ -23,6 +23,8 @@ BOX_LABELS = MODELS / "box_finder.labels.txt"
 W, H, FPS = 160, 120, 20
 RED, GREEN = (0, 0, 230), (0, 200, 0)  # BGR
 
+pytestmark = pytest.mark.slow  # every test here runs real agents over seconds of video (~1 min for the module)
+
 
 def scene(objects_per_frame: list[list[tuple[tuple[int, int, int], int, int]]]) -> list[np.ndarray]:
     """Frames with 24x24 squares: each object is (colour, x, y) of its top-left corner."""

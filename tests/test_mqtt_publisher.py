@@ -7,6 +7,8 @@ import re
 import threading
 import time
 
+import pytest
+
 from support import REPO, Broker, wait_until
 
 PAHO_IMPORT = re.compile(r"^\s*(import paho|from paho)", re.MULTILINE)
@@ -64,6 +66,7 @@ def test_a_callback_that_raises_is_logged_and_the_publisher_goes_on(session_brok
     assert "ZeroDivisionError" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_lost_broker_is_logged_once_not_at_every_reconnect_attempt(tmp_path, caplog):
     caplog.set_level(logging.INFO, "edge_agent")
     broker = Broker(tmp_path).start()

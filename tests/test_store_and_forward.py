@@ -327,6 +327,7 @@ def test_a_full_spool_is_logged_once_per_episode_with_the_count_when_it_ends(tmp
     assert len([r for r in caplog.records if "spool full" in r.getMessage()]) == 1
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_the_broker_is_away_counts_every_prediction_it_cannot_keep(tmp_path):
     """The spool's disk refuses writes (RLIMIT_FSIZE, as a full tmpfs would) and the broker is away:
     the in-memory queue overflows. Every prediction that never arrives is counted as dropped."""

@@ -290,6 +290,7 @@ def test_agent_sends_ready_after_the_first_prediction_then_keeps_pinging(path_so
     assert any("STOPPING=1" in lines for _, lines, _ in tail), tail
 
 
+@pytest.mark.slow
 def test_a_wedged_capture_stops_the_pings_and_a_lost_camera_does_not(tmp_path, path_socket, mjpeg_server, agent_process):
     """Three-thread mode (a model of a few ms per invoke): the inference loop beats while it waits
     for frames, so only capture's own heartbeat can tell a read() that never returns."""
