@@ -1,9 +1,12 @@
-"""Plain data that crosses module boundaries: the predictions a pipeline hands to its sinks."""
+"""Plain data that crosses module boundaries: what decoders make of a frame and the predictions a
+pipeline hands to its sinks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
