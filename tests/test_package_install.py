@@ -52,10 +52,12 @@ def test_demo_runs_from_a_folder_outside_the_checkout(installed, tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo files not found" not in result.stdout + result.stderr
-    predictions = re.findall(r"^seq +\d+ +digit +(\d) +score", result.stdout, re.M)
-    summary = re.search(r"(\d+) predictions received, (\d+) correct", result.stdout)
+    predictions = re.findall(r"^digits seq +\d+ +digit +(\d) +score", result.stdout, re.M)
+    summary = re.search(r"digits \(classifier\): (\d+) predictions, (\d+) correct", result.stdout)
     assert summary and int(summary[1]) == len(predictions) >= 10, result.stdout
     assert int(summary[2]) >= 0.9 * int(summary[1]), result.stdout
+    found = re.search(r"detect \(detector\): (\d+) frames, (\d+) of (\d+) digits found", result.stdout)
+    assert found and int(found[1]) >= 5 and int(found[2]) >= 0.8 * int(found[3]), result.stdout
 
 
 def test_bench_without_model_uses_the_packaged_demo_model(installed, tmp_path):
