@@ -3,10 +3,14 @@
 Layout, under `{state_dir}/models/{pipeline}/`:
 
   {file_sha256}.eab | .tflite   each model file, named by the SHA-256 of its bytes
-  active.json                   {"format": 1, "base_model": PATH, "history": [ENTRY, ...]}
+  active.json                   {"format": 2, "base_model": PATH, "history": [ENTRY, ...],
+                                 "retired": [ENTRY, ...]}
 
 `history` is newest first: history[0] is the active model, history[1] the one a rollback
-restores. An ENTRY is {"file", "sha256" (the model's, as predictions report it), "name",
+restores. `retired` holds the models rollbacks gave up, most recent first: a rollback never
+deletes the model it leaves; it stays in the store (and in `models list`) until `keep` evicts it.
+At most `keep` model files are kept: the newest of `history` first, then the newest retired
+ones (format 1, without `retired`, is still read). An ENTRY is {"file", "sha256" (the model's, as predictions report it), "name",
 "version", "activated_at" (UTC ISO 8601), "origin" (the transfer id, or "config")}.
 `base_model` is the config's `model` when the history began: the agent uses the store only
 while the config still names that file, so editing `model` in the config wins.
@@ -33,7 +37,7 @@ from edge_agent.errors import EdgeAgentError
 logger = logging.getLogger(__name__)
 
 ACTIVE_FILE = "active.json"
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 MIN_KEPT = 2  # the active model and the rollback target
 
 
@@ -76,13 +80,14 @@ class ModelStore:
         try:
             data = json.loads(self.active_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {"format": STORE_FORMAT, "base_model": "", "history": []}
+            return {"format": STORE_FORMAT, "base_model": "", "history": [], "retired": []}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StoreError(f"{self.active_path} cannot be read ({err}): move it aside to start the store afresh") from None
         try:
             history = [StoredModel(**entry) for entry in data["history"]]
+            retired = [StoredModel(**entry) for entry in data.get("retired", [])]
             return {"format": data.get("format", STORE_FORMAT), "base_model": str(data.get("base_model", "")),
-                    "history": history}
+                    "history": history, "retired": retired}
         except (KeyError, TypeError) as err:
             raise StoreError(f"{self.active_path} is not a model store record ({err}): move it aside") from None
 
@@ -104,9 +109,13 @@ class ModelStore:
             return None
         return record["history"][0]
 
+    def retired(self) -> list[StoredModel]:
+        """The models rollbacks gave up and the store still holds, most recently given up first."""
+        return self._read()["retired"]
+
     def begin_history(self, config_model: str, model: StoredModel) -> None:
         """Start a new history whose only entry is `model` (the config's model, copied into the store)."""
-        self._write(config_model, [model])
+        self._write(config_model, [model], [])
 
     def add_file(self, source: Path) -> str:
         """Move a complete, fsync'ed file (on the same file system) into the store; its store name."""
@@ -133,25 +142,31 @@ class ModelStore:
         """Record `model` as active (the previous active becomes the rollback target), then prune."""
         record = self._read()
         history = [model] + [m for m in record["history"] if m.file != model.file]
-        self._write(base_model or record["base_model"], history)
+        retired = [m for m in record["retired"] if m.file != model.file]
+        self._write(base_model or record["base_model"], history, retired)
 
     def rollback(self) -> tuple[StoredModel, StoredModel]:
-        """Make the previous model active again; (the model given up, the model restored)."""
+        """Make the previous model active again; (the model given up, the model restored). The model
+        given up stays in the store (retired) until `keep` evicts it."""
         record = self._read()
         history = record["history"]
         if len(history) < 2:
             raise StoreError("nothing to roll back to: this pipeline has no previous model in its store")
-        self._write(record["base_model"], history[1:])
+        retired = [history[0]] + [m for m in record["retired"] if m.file != history[0].file]
+        self._write(record["base_model"], history[1:], retired)
         return history[0], history[1]
 
-    def _write(self, base_model: str, history: list[StoredModel]) -> None:
+    def _write(self, base_model: str, history: list[StoredModel], retired: list[StoredModel]) -> None:
         if not self.path(history[0]).is_file():
             raise StoreError(f"{self.path(history[0])} is missing: add the model file to the store before recording it")
         kept = history[: self.keep]
-        data = {"format": STORE_FORMAT, "base_model": base_model, "history": [asdict(m) for m in kept]}
+        kept_files = {m.file for m in kept}
+        kept_retired = [m for m in retired if m.file not in kept_files][: max(0, self.keep - len(kept))]
+        data = {"format": STORE_FORMAT, "base_model": base_model, "history": [asdict(m) for m in kept],
+                "retired": [asdict(m) for m in kept_retired]}
         self.folder.mkdir(parents=True, exist_ok=True)
         write_file_atomically(self.active_path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-        self._prune({m.file for m in kept})
+        self._prune(kept_files | {m.file for m in kept_retired})
 
     def _prune(self, referenced: set[str]) -> None:
         """Delete model files active.json no longer names (only after it was replaced)."""
@@ -179,6 +194,7 @@ def list_stores(state_dir: str | Path) -> dict[str, list[StoredModel]]:
             if (folder / ACTIVE_FILE).is_file()}
 
 
+
 def _file_name(sha256: str, suffix: str) -> str:
     return f"{sha256}{suffix}"
 
@@ -197,3 +213,20 @@ def _sha256_of_file(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def describe_stores(state_dir: str | Path) -> dict[str, list[dict]]:
+    """What `models list` shows (and a board's `listed` event carries): per pipeline, each stored
+    model with its role: "active", "previous" (newest first: what rollbacks go back to) or "retired"."""
+    root = Path(state_dir) / "models"
+    if not root.is_dir():
+        return {}
+    described = {}
+    for folder in sorted(root.iterdir()):
+        if not (folder / ACTIVE_FILE).is_file():
+            continue
+        store = ModelStore(folder)
+        history, retired = store.history(), store.retired()
+        described[folder.name] = ([dict(asdict(m), role="active" if i == 0 else "previous") for i, m in enumerate(history)]
+                                  + [dict(asdict(m), role="retired") for m in retired])
+    return described

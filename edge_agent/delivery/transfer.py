@@ -1,8 +1,15 @@
 """Reassemble a pushed bundle from its chunks into `{state_dir}/incoming/{transfer_id}.part`.
 
 Chunks may arrive in any order and more than once (a resend after a broker blip); each is
-written at its own offset. Every problem raises TransferError whose message is the reason
-the pusher sees; the caller then calls `discard()`, so no temporary file outlives a failure.
+written at its own offset. A chunk is kept only when its index, size and SHA-256 are the ones
+the begin listed: anything else (a stray or forged chunk from someone else on the broker)
+raises StrayChunk, which the caller drops without failing the transfer. Every other problem
+raises TransferError whose message is the reason the pusher sees; the caller then calls
+`discard()`, so no temporary file outlives a failure.
+
+Only progress keeps a transfer alive: a chunk not received before (`idle_s` counts from the
+last one). A re-sent begin or end does not, so nobody can hold the board's transfer slot by
+repeating messages.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ class TransferError(EdgeAgentError):
     """The transfer cannot go on; str(err) is the reason reported to the pusher."""
 
 
+class StrayChunk(TransferError):
+    """A chunk that is not one of this transfer's (wrong index, size or content): dropped, the transfer goes on."""
+
+
 class Transfer:
     """One incoming bundle: which chunks arrived, where they are written, when the last one came."""
 
@@ -36,7 +47,9 @@ class Transfer:
         self.begin = begin
         self.path = folder / f"{begin.transfer_id}{PART_SUFFIX}"
         self.received: set[int] = set()
-        self.last_activity_mono = time.monotonic()
+        self.started_mono = self.last_activity_mono = time.monotonic()
+        self.signed = False  # set by the caller: whether the begin was signed by a trusted key
+        self._digests = begin.chunk_digests()
         if begin.size > max_bytes:
             raise TransferError(f"the bundle is {begin.size / MB:.1f} MB; this device accepts at most "
                                 f"{max_bytes / MB:.1f} MB (models.max_mb)")
@@ -57,16 +70,22 @@ class Transfer:
     def transfer_id(self) -> str:
         return self.begin.transfer_id
 
-    def write_chunk(self, index: int, data: bytes) -> None:
-        """Write chunk `index` at its offset; a resent chunk is written again."""
+    def write_chunk(self, index: int, data: bytes) -> bool:
+        """Write chunk `index` at its offset; True when it was new (a resent chunk is checked and skipped).
+        StrayChunk when it is not this transfer's."""
         begin = self.begin
         if index >= begin.chunks:
-            raise TransferError(f"chunk {index} is out of range: transfer {begin.transfer_id} has {begin.chunks} "
-                                f"chunks (0 to {begin.chunks - 1})")
+            raise StrayChunk(f"chunk {index} is out of range: transfer {begin.transfer_id} has {begin.chunks} "
+                             f"chunks (0 to {begin.chunks - 1})")
         expected = chunk_length(index, begin.size, begin.chunk_size)
         if len(data) != expected:
-            raise TransferError(f"chunk {index} holds {len(data)} bytes; it must hold {expected} "
-                                f"(size {begin.size}, chunk_size {begin.chunk_size})")
+            raise StrayChunk(f"chunk {index} holds {len(data)} bytes; it must hold {expected} "
+                             f"(size {begin.size}, chunk_size {begin.chunk_size})")
+        if self._digests and hashlib.sha256(data).digest() != self._digests[index]:
+            raise StrayChunk(f"chunk {index} of transfer {begin.transfer_id} is not the one its begin lists "
+                             "(SHA-256 differs)")
+        if index in self.received:
+            return False
         view = memoryview(data)
         offset = index * begin.chunk_size
         try:
@@ -77,9 +96,7 @@ class Transfer:
             raise TransferError(disk_problem(err, self.path)) from err
         self.received.add(index)
         self.last_activity_mono = time.monotonic()
-
-    def touch(self) -> None:
-        self.last_activity_mono = time.monotonic()
+        return True
 
     def missing(self) -> list[int]:
         return [index for index in range(self.begin.chunks) if index not in self.received]

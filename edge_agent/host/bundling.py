@@ -12,6 +12,7 @@ No TensorFlow needed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,8 @@ from edge_agent import __version__
 from edge_agent.config import PreprocessOptions
 from edge_agent.host.metadata import read_conversion_info
 from edge_agent.delivery.bundle import Bundle, Signature, bundle_to_bytes, sign_manifest
+from edge_agent.delivery.device_keys import DevicePublicKey
+from edge_agent.delivery.encryption import encrypt_model
 from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.manifest import FORMAT_VERSION, TASKS, Manifest, ManifestError, manifest_to_bytes, parse_manifest
 from edge_agent.runtime.model import TensorSpec, guess_task
@@ -84,17 +87,26 @@ def build_manifest(request: BundleRequest) -> tuple[Manifest, bytes]:
     return manifest, model_file.content
 
 
-def create_bundle_bytes(request: BundleRequest, key: PrivateKey | None) -> tuple[bytes, Manifest, Signature | None]:
+def create_bundle_bytes(request: BundleRequest, key: PrivateKey | None,
+                        encrypt_for: list[DevicePublicKey] = ()) -> tuple[bytes, Manifest, Signature | None]:
+    """The bundle's bytes; with `encrypt_for`, the model is encrypted for those boards (one wrapped
+    content key each) and the manifest, which the signature covers, says so."""
     manifest, model = build_manifest(request)
+    if encrypt_for:
+        if len({r.key_id for r in encrypt_for}) != len(encrypt_for):
+            raise BundleInputError("--encrypt-for: the same device key is given twice")
+        encryption, model = encrypt_model(model, manifest.model_sha256, list(encrypt_for))
+        manifest = dataclasses.replace(manifest, encryption=encryption)
     manifest_bytes = manifest_to_bytes(manifest)
     signature = sign_manifest(manifest_bytes, key) if key is not None else None
-    return bundle_to_bytes(manifest_bytes, model, signature), manifest, signature
+    return bundle_to_bytes(manifest_bytes, model, signature, encrypted=bool(encrypt_for)), manifest, signature
 
 
 def resign_bundle_bytes(bundle: Bundle, key: PrivateKey) -> tuple[bytes, Signature]:
-    """The same manifest and model with a new signature (replacing any old one)."""
+    """The same manifest and model member with a new signature (replacing any old one); an encrypted
+    bundle stays encrypted (read it without a device key: `payload` is its ciphertext)."""
     signature = sign_manifest(bundle.manifest_bytes, key)
-    return bundle_to_bytes(bundle.manifest_bytes, bundle.model, signature), signature
+    return bundle_to_bytes(bundle.manifest_bytes, bundle.payload, signature, bundle.encrypted), signature
 
 
 def _labels(request: BundleRequest, attached: list[str] | None) -> list[str] | None:

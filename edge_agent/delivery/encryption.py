@@ -1,0 +1,205 @@
+"""Models encrypted at rest: the `encryption` object of a bundle's manifest, and the maths behind it.
+
+Format "eab-encryption/1" (all primitives from `cryptography`; nothing home-made):
+
+  content   AES-256-GCM with a random 256-bit content key and a random 96-bit nonce; the
+            additional data is b"edge-agent-model/1" + the model's raw SHA-256 (so a ciphertext
+            cannot be passed off as another model's). The bundle member `model.tflite.enc` is
+            ciphertext || 16-byte tag.
+  per board an ephemeral X25519 key pair; shared = X25519(ephemeral private, board public);
+            wrapping key = HKDF-SHA256(shared, salt = ephemeral public || board public,
+            info = b"edge-agent-bundle key wrap/1", 32 bytes); wrapped key = AES-256-GCM(wrapping
+            key, a random 96-bit nonce, content key, additional data = the board's key id).
+
+Manifest (format_version 2) field, covered by the bundle's signature like everything else:
+
+  "encryption": {"format": "eab-encryption/1", "cipher": "AES-256-GCM",
+                 "key_wrap": "X25519-HKDF-SHA256-AES-256-GCM", "nonce": b64,
+                 "ciphertext_sha256": hex, "ciphertext_size_bytes": N,
+                 "recipients": [{"key_id", "name", "ephemeral_public_key": b64,
+                                 "wrap_nonce": b64, "wrapped_key": b64}, ...]}
+
+`model.sha256` and `model.size_bytes` stay those of the plain model (what predictions report);
+the ciphertext's hash lets a board check the bytes before it decrypts anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives import serialization
+
+from edge_agent.delivery.device_keys import DevicePrivateKey, DevicePublicKey
+from edge_agent.errors import InputError
+
+ENCRYPTION_FORMAT = "eab-encryption/1"
+CIPHER = "AES-256-GCM"
+KEY_WRAP = "X25519-HKDF-SHA256-AES-256-GCM"
+TAG_BYTES = 16
+NONCE_BYTES = 12
+KEY_BYTES = 32
+MAX_RECIPIENTS = 1000
+_MODEL_AAD = b"edge-agent-model/1"
+_WRAP_INFO = b"edge-agent-bundle key wrap/1"
+
+
+class EncryptionError(InputError, ValueError):
+    """An encrypted bundle cannot be decrypted here (no key, another board's key, damaged)."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    key_id: str
+    name: str
+    ephemeral_public_key: bytes
+    wrap_nonce: bytes
+    wrapped_key: bytes
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.key_id})" if self.name else self.key_id
+
+
+@dataclass(frozen=True)
+class Encryption:
+    nonce: bytes
+    ciphertext_sha256: str
+    ciphertext_size_bytes: int
+    recipients: tuple[Recipient, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": ENCRYPTION_FORMAT, "cipher": CIPHER, "key_wrap": KEY_WRAP, "nonce": _b64(self.nonce),
+            "ciphertext_sha256": self.ciphertext_sha256, "ciphertext_size_bytes": self.ciphertext_size_bytes,
+            "recipients": [{"key_id": r.key_id, "name": r.name, "ephemeral_public_key": _b64(r.ephemeral_public_key),
+                            "wrap_nonce": _b64(r.wrap_nonce), "wrapped_key": _b64(r.wrapped_key)}
+                           for r in self.recipients],
+        }
+
+    def describe_recipients(self) -> str:
+        return ", ".join(r.describe() for r in self.recipients)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def parse_encryption(raw: Any) -> Encryption:
+    """The manifest's `encryption` object; ValueError naming the field that is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("encryption: expected an object")
+    if raw.get("format") != ENCRYPTION_FORMAT or raw.get("cipher") != CIPHER or raw.get("key_wrap") != KEY_WRAP:
+        raise ValueError(f"encryption: format {raw.get('format')!r} / {raw.get('cipher')!r} is not supported here "
+                         f"(this edge-agent reads {ENCRYPTION_FORMAT}, {CIPHER}): upgrade edge-agent on this machine")
+    sha = raw.get("ciphertext_sha256")
+    size = raw.get("ciphertext_size_bytes")
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ValueError("encryption.ciphertext_sha256: expected 64 lower-case hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or size < TAG_BYTES:
+        raise ValueError("encryption.ciphertext_size_bytes: expected a whole number >= 16")
+    recipients = raw.get("recipients")
+    if not isinstance(recipients, list) or not 1 <= len(recipients) <= MAX_RECIPIENTS:
+        raise ValueError(f"encryption.recipients: expected a list of 1 to {MAX_RECIPIENTS} recipients")
+    parsed = []
+    for number, item in enumerate(recipients):
+        if not isinstance(item, dict):
+            raise ValueError(f"encryption.recipients[{number}]: expected an object")
+        key_id, name = item.get("key_id"), item.get("name", "")
+        if not isinstance(key_id, str) or len(key_id) != 16 or not isinstance(name, str) or len(name) > 128:
+            raise ValueError(f"encryption.recipients[{number}]: key_id must be 16 hex digits, name a short string")
+        parsed.append(Recipient(key_id, name, _bytes(item, "ephemeral_public_key", 32, number),
+                                _bytes(item, "wrap_nonce", NONCE_BYTES, number),
+                                _bytes(item, "wrapped_key", KEY_BYTES + TAG_BYTES, number)))
+    return Encryption(_bytes(raw, "nonce", NONCE_BYTES), sha, size, tuple(parsed))
+
+
+def _bytes(table: dict, key: str, length: int, number: int | None = None) -> bytes:
+    where = f"encryption.recipients[{number}].{key}" if number is not None else f"encryption.{key}"
+    try:
+        value = base64.b64decode(table.get(key) or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        value = b""
+    if len(value) != length:
+        raise ValueError(f"{where}: expected {length} bytes in base64")
+    return value
+
+
+def _model_aad(model_sha256: str) -> bytes:
+    return _MODEL_AAD + bytes.fromhex(model_sha256)
+
+
+def _wrapping_key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=ephemeral_public + recipient_public,
+                info=_WRAP_INFO).derive(shared)
+
+
+def encrypt_model(model: bytes, model_sha256: str, recipients: list[DevicePublicKey]) -> tuple[Encryption, bytes]:
+    """(the manifest's encryption object, ciphertext || tag) for these boards."""
+    if not recipients:
+        raise ValueError("encrypt_model needs at least one recipient")
+    content_key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(NONCE_BYTES)
+    ciphertext = AESGCM(content_key).encrypt(nonce, model, _model_aad(model_sha256))
+    wrapped = []
+    for recipient in recipients:
+        ephemeral = X25519PrivateKey.generate()
+        ephemeral_public = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        kek = _wrapping_key(ephemeral.exchange(recipient.load()), ephemeral_public, recipient.raw)
+        wrap_nonce = os.urandom(NONCE_BYTES)
+        wrapped.append(Recipient(recipient.key_id, recipient.name, ephemeral_public, wrap_nonce,
+                                 AESGCM(kek).encrypt(wrap_nonce, content_key, recipient.key_id.encode("ascii"))))
+    return Encryption(nonce, hashlib.sha256(ciphertext).hexdigest(), len(ciphertext), tuple(wrapped)), ciphertext
+
+
+def unwrap_content_key(encryption: Encryption, device_key: DevicePrivateKey | None, source: str) -> bytes:
+    """The content key, unwrapped with this board's key; EncryptionError saying for whom it was made otherwise."""
+    if device_key is None:
+        raise EncryptionError(f"{source} is encrypted for {encryption.describe_recipients()}, and this board has no "
+                              "device key: set [models] device_key (or run --device-key FILE) to the board's .key "
+                              "from `edge-agent keys generate-device`")
+    recipient = next((r for r in encryption.recipients if r.key_id == device_key.key_id), None)
+    if recipient is None:
+        raise EncryptionError(f"{source} is encrypted for {encryption.describe_recipients()}, not for this board's "
+                              f"device key {device_key.key_id} ({device_key.source}): make the bundle with "
+                              "--encrypt-for this board's .pub")
+    kek = _wrapping_key(device_key.exchange(recipient.ephemeral_public_key), recipient.ephemeral_public_key,
+                        device_key.public_raw)
+    try:
+        return AESGCM(kek).decrypt(recipient.wrap_nonce, recipient.wrapped_key, recipient.key_id.encode("ascii"))
+    except InvalidTag:
+        raise EncryptionError(f"{source}: the content key for device key {device_key.key_id} does not unwrap (the "
+                              "bundle was altered or damaged): build it again") from None
+
+
+def decrypt_blocks(blocks: Iterable[bytes], content_key: bytes, encryption: Encryption, model_sha256: str,
+                   source: str) -> bytes:
+    """Decrypt ciphertext || tag arriving in blocks (never all of the ciphertext in memory at once);
+    the plain model, released only once the tag has been checked."""
+    decryptor = Cipher(algorithms.AES(content_key), modes.GCM(encryption.nonce)).decryptor()
+    decryptor.authenticate_additional_data(_model_aad(model_sha256))
+    plain: list[bytes] = []
+    tail = b""  # the last TAG_BYTES seen so far: the tag, once the stream ends
+    for block in blocks:
+        data = tail + block
+        tail = data[-TAG_BYTES:]
+        body = data[:-TAG_BYTES]
+        if body:
+            plain.append(decryptor.update(body))
+    if len(tail) < TAG_BYTES:
+        raise EncryptionError(f"{source}: the encrypted model is shorter than its tag: the bundle is damaged")
+    try:
+        plain.append(decryptor.finalize_with_tag(tail))
+    except InvalidTag:
+        raise EncryptionError(f"{source}: the encrypted model does not decrypt (authentication failed: altered or "
+                              "damaged): copy or build the bundle again") from None
+    return b"".join(plain)
