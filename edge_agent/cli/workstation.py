@@ -135,12 +135,19 @@ def _convert_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- keys
 
 def add_keys(commands: argparse._SubParsersAction) -> None:
-    keys = commands.add_parser("keys", help="signing keys for model bundles")
+    keys = commands.add_parser("keys", help="signing keys for bundles and requests; device keys for encrypted models")
     actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    generate = actions.add_parser("generate", help="write NAME.key (private, mode 0600) and NAME.pub (public)")
+    generate = actions.add_parser("generate", help="a signing key pair (Ed25519): NAME.key (private, mode 0600) and "
+                                                   "NAME.pub (public, for the boards' trusted_keys)")
     generate.add_argument("name", type=Path, metavar="NAME")
     generate.add_argument("--force", action="store_true", help="replace an existing key pair")
     generate.set_defaults(handler=_keys_generate_command)
+    device = actions.add_parser("generate-device", help="a board's key pair for encrypted models (X25519): NAME.key "
+                                                        "(private, mode 0600, for that board only) and NAME.pub "
+                                                        "(for bundle create --encrypt-for)")
+    device.add_argument("name", type=Path, metavar="NAME")
+    device.add_argument("--force", action="store_true", help="replace an existing key pair")
+    device.set_defaults(handler=_keys_generate_device_command)
 
 
 def _keys_generate_command(args: argparse.Namespace) -> int:
@@ -153,6 +160,21 @@ def _keys_generate_command(args: argparse.Namespace) -> int:
     key_id = load_public_key(public_path).key_id
     print(f"wrote {private_path} (private, mode 0600: keep it secret) and {public_path} (key id {key_id}: "
           "list it in the board's trusted_keys)")
+    return EXIT_OK
+
+
+def _keys_generate_device_command(args: argparse.Namespace) -> int:
+    from edge_agent.delivery.device_keys import generate_device_key_pair, load_device_public_key
+
+    try:
+        private_path, public_path = generate_device_key_pair(args.name, overwrite=args.force)
+    except OSError as err:
+        return fail(str(err))
+    key_id = load_device_public_key(public_path).key_id
+    print(f"wrote {private_path} (the board's private key, mode 0600: install it on that board only, owned by the "
+          f"service user, e.g. `install -o edge-agent -g edge-agent -m 0600 {private_path} /etc/edge-agent/device.key`, "
+          f"or as a systemd credential) and {public_path} (device key id {key_id}: "
+          f"`bundle create ... --encrypt-for {public_path}`)")
     return EXIT_OK
 
 
@@ -169,7 +191,11 @@ def add_bundle(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--labels", type=Path, help="labels file (default: the labels stored in the model)")
     create.add_argument("--task", choices=TASKS, help="default: what convert recorded, else guessed from the outputs")
     create.add_argument("--name", help="model name (default: the file name)")
-    create.add_argument("--version", help="model version, reported with every prediction")
+    create.add_argument("--version", help="model version, reported with every prediction; boards refuse an older "
+                                          "version than the one they run (numbers compare as numbers: 1.10 > 1.9)")
+    create.add_argument("--encrypt-for", type=Path, action="append", default=[], metavar="BOARD.pub",
+                        help="encrypt the model for this board's device key (keys generate-device); repeat for "
+                             "several boards: only they can load it")
     add_preprocess_options(create, defaults=False)
     create.set_defaults(handler=_bundle_create_command)
 
@@ -190,6 +216,7 @@ def add_bundle(commands: argparse._SubParsersAction) -> None:
 def _bundle_create_command(args: argparse.Namespace) -> int:
     from edge_agent.atomic_file import write_file_atomically
     from edge_agent.host.bundling import BundleRequest, create_bundle_bytes
+    from edge_agent.delivery.device_keys import load_device_public_key
     from edge_agent.delivery.keys import load_private_key
 
     overrides = {k: v for k, v in (("resize", args.resize), ("color", args.color), ("mean", args.mean),
@@ -197,13 +224,15 @@ def _bundle_create_command(args: argparse.Namespace) -> int:
     request = BundleRequest(args.model, args.name or "", args.version or "", args.task or "", args.labels, overrides)
     try:
         key = load_private_key(args.key) if args.key else None
-        content, manifest, signature = create_bundle_bytes(request, key)
+        recipients = [load_device_public_key(path) for path in args.encrypt_for]
+        content, manifest, signature = create_bundle_bytes(request, key, recipients)
         write_file_atomically(args.output, content)
     except OSError as err:  # a file the user named cannot be read or written
         return fail(str(err))
     signed = f"signed by key {signature.key_id}" if signature else "UNSIGNED (sign it with `edge-agent bundle sign`)"
+    encrypted = f", encrypted for {manifest.encryption.describe_recipients()}" if manifest.encryption else ""
     print(f"wrote {args.output}: {manifest.name} {manifest.version}, {manifest.task}, "
-          f"model sha256 {manifest.model_sha256[:16]}…, {signed}")
+          f"model sha256 {manifest.model_sha256[:16]}…, {signed}{encrypted}")
     return EXIT_OK
 
 
@@ -233,11 +262,16 @@ def _bundle_verify_command(args: argparse.Namespace) -> int:
     bundle = read_bundle(args.bundle)
     key = check_trust(bundle, keys)  # BundleError, SigningKeyError: exit 2, in main
     manifest = bundle.manifest
+    encryption = manifest.encryption
     if args.json:
-        print(json.dumps({"ok": True, "signed_by": key.key_id, "key_file": key.source, "manifest": manifest.to_dict()}))
+        print(json.dumps({"ok": True, "signed_by": key.key_id, "key_file": key.source, "manifest": manifest.to_dict(),
+                          "encrypted_for": [{"name": r.name, "key_id": r.key_id} for r in encryption.recipients]
+                          if encryption else None}))
     else:
+        encrypted = (f"; encrypted for {encryption.describe_recipients()} (the model itself was not decrypted: "
+                     "its ciphertext matches the manifest)" if encryption else "")
         print(f"{args.bundle}: OK -- {manifest.name} {manifest.version} ({manifest.task}), model sha256 "
-              f"{manifest.model_sha256[:16]}…, signed by trusted key {key.key_id} ({key.source})")
+              f"{manifest.model_sha256[:16]}…, signed by trusted key {key.key_id} ({key.source}){encrypted}")
     return EXIT_OK
 
 

@@ -14,9 +14,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from edge_agent.mqtt.listener import MqttListener
+from edge_agent.host.broker import BrokerAddress, broker_listener
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["BrokerAddress", "Fleet", "read_fleet"]
 
 QUIET_S = 0.5  # no new device for this long: the broker has sent every retained message
 MAX_WAIT_S = 5.0
@@ -31,18 +33,6 @@ class Fleet:
 
     def members(self, group: str) -> list[str]:
         return sorted(device for device, groups in self.groups.items() if group in groups)
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str = ""
-    password: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def read_fleet(broker: BrokerAddress, prefix: str) -> Fleet:
@@ -71,9 +61,8 @@ def read_fleet(broker: BrokerAddress, prefix: str) -> Fleet:
             fleet.groups[device] = [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
 
     base = prefix.rstrip("/")
-    listener = MqttListener(broker.host, broker.port, [f"{base}/+/state", f"{base}/+/status"], on_message,
-                            client_id=f"edge-push-discover-{time.monotonic_ns()}", username=broker.username,
-                            password=broker.password)
+    listener = broker_listener(broker, [f"{base}/+/state", f"{base}/+/status"], on_message,
+                               client_id=f"edge-push-discover-{time.monotonic_ns()}")
     listener.start()
     try:
         started = time.monotonic()

@@ -7,28 +7,29 @@ verified → activated, or stops at `rejected`. At most `window` chunks per devi
 broker's acknowledgement, which paces the sender and drives the progress bars. A board the pusher
 gives up on mid-transfer (timeout, Ctrl-C, a broker refusing the chunks) is sent `abort`, so it
 is free for the next push at once.
+
+With a signing key every request (begin, end, abort) is signed for its board
+(edge_agent.delivery.signed_request); the chunks are bound to the signed begin by their hashes.
+A broker that restarts mid-push costs a pause, not the push: messages handed over while it is
+away are sent when it is back, the board asks again for chunks it lost (`missing`), and a
+pusher that may have missed an answer meanwhile asks again with `end` until it hears one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from edge_agent.host.fleet import BrokerAddress
+from edge_agent.delivery.keys import PrivateKey
+from edge_agent.delivery.signed_request import sign_request
+from edge_agent.delivery.update_protocol import DEFAULT_CHUNK_SIZE, describe_bundle, models_base, new_id, push_topic
+from edge_agent.host.broker import BrokerAddress, broker_listener
 from edge_agent.host.progress import ProgressBoard
-from edge_agent.delivery.update_protocol import (
-    DEFAULT_CHUNK_SIZE,
-    PushBegin,
-    chunk_count,
-    models_base,
-    new_id,
-    push_topic,
-)
 from edge_agent.mqtt.client import Delivery
 from edge_agent.mqtt.listener import MqttListener
 
@@ -41,6 +42,7 @@ SUBSCRIBE_TIMEOUT_S = 10.0
 REASON_WIDTH = 72  # longer results are cut in the table and printed in full below it
 MAX_FRUITLESS_DISCONNECTS = 3  # the broker closed the connection this often with no chunk getting through
 ABORT_DELIVERY_S = 3.0
+REFUSAL_GRACE_S = 2.0  # a refusal without our id (we could not be authenticated) wins if nothing else comes
 
 ACTIVATED, REJECTED, ROLLED_BACK, NO_ANSWER = "activated", "rejected", "rolled back", "no answer"
 
@@ -56,6 +58,8 @@ class PushOptions:
     watch_s: float = 0.0  # keep listening this long after `activated`, to see an automatic rollback
     window: int = 8  # chunks per device waiting for the broker's acknowledgement
     skip_first: frozenset[int] = frozenset()  # chunks left out of the first round (rehearses a lost chunk)
+    key: PrivateKey | None = None  # signs every request; None: unsigned (only boards without trusted keys take it)
+    allow_downgrade: bool = False  # the signed begin says an older version may replace the active one
 
 
 @dataclass
@@ -91,6 +95,9 @@ class _Target:
     state_mono: float = 0.0  # when the current state began (answer and end-resend timers)
     watch_until: float = 0.0
     aborting: bool = False  # we gave up while the board held the transfer: send it `abort`
+    reask: bool = False  # the broker went away while the board was working: an answer may be lost
+    refusal: str = ""  # a rejection that did not carry our id (the board could not authenticate us)
+    refusal_mono: float = 0.0
     result: PushResult | None = None
 
     def enter(self, state: str) -> None:
@@ -113,8 +120,9 @@ class Pusher:
         self.bundle = bundle
         self.options = options
         self.transfer_id = new_id("push")
-        self.begin = PushBegin(self.transfer_id, options.pipeline, len(bundle), hashlib.sha256(bundle).hexdigest(),
-                               options.chunk_size, chunk_count(len(bundle), options.chunk_size), name)
+        self._abort_token = secrets.token_hex(16)  # an unsigned abort must show it (the begin names its hash)
+        self.begin = describe_bundle(self.transfer_id, bundle, options.chunk_size, options.pipeline, name,
+                                     options.allow_downgrade, self._abort_token)
         self.targets = {device: _Target(device, self.begin.chunks) for device in devices}
         self.progress = progress
         self._events: queue.Queue[tuple[str, dict]] = queue.Queue()
@@ -127,15 +135,13 @@ class Pusher:
         options = self.options
         topics = [f"{models_base(options.prefix, device)}/events" for device in self.targets]
         inflight = min(MAX_INFLIGHT_TOTAL, max(20, options.window * len(self.targets)))
-        self._listener = MqttListener(options.broker.host, options.broker.port, topics, self._on_message,
-                                      client_id=f"edge-{self.transfer_id}", max_inflight=inflight,
-                                      username=options.broker.username, password=options.broker.password)
+        self._listener = broker_listener(options.broker, topics, self._on_message, f"edge-{self.transfer_id}", inflight)
         self._listener.start(SUBSCRIBE_TIMEOUT_S)
         try:
             for target in self.targets.values():
                 target.started_mono = time.monotonic()
                 target.enter("begin")
-                self._publish(target.device, "begin", self.begin.to_json())
+                self._send_request(target.device, "begin", self.begin.to_params())
             while any(t.state != "done" for t in self.targets.values()):
                 self._take_events()
                 self._check_broker()
@@ -147,10 +153,11 @@ class Pusher:
                 time.sleep(TICK_S)
             if self.progress is not None:
                 self.progress.draw(final=True)
-        except KeyboardInterrupt:
+        except BaseException as err:  # Ctrl-C, or a bug: the boards still hear that we gave up
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"the pusher failed: {err}"
             for target in self.targets.values():
                 if target.state != "done":
-                    target.finish(NO_ANSWER, "interrupted", give_up=True)
+                    target.finish(NO_ANSWER, reason, give_up=True)
             raise
         finally:
             self._listener.stop()
@@ -164,14 +171,14 @@ class Pusher:
         if not given_up:
             return
         options = self.options
-        listener = MqttListener(options.broker.host, options.broker.port,
-                                [f"{models_base(options.prefix, t.device)}/events" for t in given_up],
-                                lambda topic, payload: None, client_id=f"edge-{self.transfer_id}-abort",
-                                username=options.broker.username, password=options.broker.password)
+        listener = broker_listener(options.broker, [f"{models_base(options.prefix, t.device)}/events" for t in given_up],
+                                   lambda topic, payload: None, f"edge-{self.transfer_id}-abort")
         try:
             listener.start(SUBSCRIBE_TIMEOUT_S)
             deliveries = [listener.publish(push_topic(options.prefix, t.device, self.transfer_id, "abort"),
-                                           json.dumps({"transfer_id": self.transfer_id, "reason": t.result.reason}))
+                                           self._request(t.device, "abort", {
+                                               "transfer_id": self.transfer_id, "reason": t.result.reason[:500],
+                                               "abort_token": self._abort_token}))
                           for t in given_up]
             deadline = time.monotonic() + ABORT_DELIVERY_S
             while not all(d.done() for d in deliveries) and time.monotonic() < deadline:
@@ -186,6 +193,19 @@ class Pusher:
     def _publish(self, device: str, part: str, payload: str | bytes) -> Delivery:
         return self._listener.publish(push_topic(self.options.prefix, device, self.transfer_id, part), payload, qos=1)
 
+    def _request(self, device: str, action: str, params: dict) -> str:
+        """A request's payload: signed for `device` when we have a key (each send signed afresh)."""
+        key = self.options.key
+        message = sign_request(key, action, device, self.transfer_id, params) if key is not None else params
+        return json.dumps(message, separators=(",", ":"))
+
+    def _send_request(self, device: str, action: str, params: dict) -> Delivery:
+        return self._publish(device, action, self._request(device, action, params))
+
+    def _send_end(self, target: _Target) -> None:
+        target.enter(target.state if target.state == "installing" else "ending")
+        self._send_request(target.device, "end", {"transfer_id": self.transfer_id})
+
     def _advance(self, target: _Target) -> None:
         now = time.monotonic()
         options = self.options
@@ -194,6 +214,9 @@ class Pusher:
         if target.state == "watching":
             if now >= target.watch_until:
                 target.state = "done"
+            return
+        if target.state == "begin" and target.refusal and now - target.refusal_mono > REFUSAL_GRACE_S:
+            target.finish(REJECTED, target.refusal)
             return
         if target.state == "begin" and now - target.state_mono > options.answer_timeout_s:
             target.finish(NO_ANSWER, f"no answer to begin within {options.answer_timeout_s:g} s "
@@ -206,8 +229,9 @@ class Pusher:
         if target.state == "sending":
             self._send_chunks(target)
         elif target.state == "ending" and now - target.state_mono > END_RESEND_S:
-            target.enter("ending")
-            self._publish(target.device, "end", json.dumps({"transfer_id": self.transfer_id}))
+            self._send_end(target)
+        elif target.state == "installing" and target.reask and now - target.state_mono > END_RESEND_S:
+            self._send_end(target)  # the board answers a finished transfer's `end` with its final event
 
     def _send_chunks(self, target: _Target) -> None:
         while target.inflight and target.inflight[0][1].done():
@@ -226,8 +250,7 @@ class Pusher:
             chunk = self.bundle[start:start + self.begin.chunk_size]
             target.inflight.append((index, self._publish(target.device, f"chunk/{index}", chunk)))
         if not target.inflight and not target.resend and target.next_chunk >= target.total:
-            target.enter("ending")
-            self._publish(target.device, "end", json.dumps({"transfer_id": self.transfer_id}))
+            self._send_end(target)
 
     def _check_broker(self) -> None:
         """A broker that keeps closing the connection while no chunk gets through most likely refuses
@@ -236,6 +259,9 @@ class Pusher:
         if disconnects == self._disconnects_seen:
             return
         self._disconnects_seen = disconnects
+        for target in self.targets.values():
+            if target.state in ("ending", "installing"):
+                target.reask = True
         acked = sum(len(t.acked) for t in self.targets.values())
         self._fruitless_disconnects = self._fruitless_disconnects + 1 if acked == self._acked_at_disconnect else 1
         self._acked_at_disconnect = acked
@@ -255,7 +281,7 @@ class Pusher:
             event = json.loads(payload)
         except ValueError:
             return
-        if isinstance(event, dict) and event.get("transfer_id") == self.transfer_id:
+        if isinstance(event, dict) and self.transfer_id in (event.get("transfer_id"), event.get("claimed_id")):
             self._events.put((topic.split("/")[-3], event))
 
     def _take_events(self) -> None:
@@ -270,6 +296,12 @@ class Pusher:
 
     def _on_event(self, target: _Target, event: dict) -> None:
         kind, reason = event.get("event"), str(event.get("reason") or "")
+        if event.get("transfer_id") != self.transfer_id:
+            # a refusal of a request the board could not authenticate: it names our id only as claimed,
+            # since anyone could have sent it; taken as the answer only if no real one follows
+            if kind == "rejected" and target.state == "begin" and not target.refusal:
+                target.refusal, target.refusal_mono = reason or "no reason given", time.monotonic()
+            return
         if kind == "accepted" and target.state == "begin":
             target.enter("sending")
         elif kind == "missing":
@@ -277,7 +309,7 @@ class Pusher:
             target.resend.extend(i for i in missing if i not in target.resend)
             target.acked.difference_update(missing)
             target.enter("sending")
-        elif kind == "received":
+        elif kind in ("received", "verified") and target.state in ("sending", "ending"):
             target.acked = set(range(target.total))
             target.enter("installing")
         elif kind == "activated":

@@ -52,7 +52,13 @@ class Delivery:
         return paho.error_string(self._info.rc) if self.refused else ""
 
     def done(self) -> bool:
-        return self._info.is_published()
+        try:
+            return self._info.is_published()
+        except RuntimeError:
+            # A message handed over while the connection was down keeps rc "not connected" even after
+            # paho sent it on reconnect, and is_published() raises for it (the traceback `push` used to
+            # die with when the broker restarted mid-push); the flag is what is_published() would report.
+            return bool(self._info._published)
 
 
 class _ReconnectNoise(logging.Filter):

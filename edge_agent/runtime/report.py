@@ -8,15 +8,17 @@ from typing import Callable
 from edge_agent.runtime.backends import RuntimeNotAvailable, import_runtime
 from edge_agent.runtime.delegates import DelegateError
 from edge_agent.runtime.model import LoadedModel, ModelLoadError, guess_task, load_model_file
-from edge_agent.runtime.tflite_file import read_model_file
+from edge_agent.runtime.tflite_file import ModelFile, read_model_file
 
 
-def inspect_model(path: str | Path, runtime: str = "auto", explain_layout: Callable[[LoadedModel], dict] | None = None) -> dict:
-    """A JSON-ready description of the model; raises ModelFileError when the file is unusable.
+def inspect_model(path: str | Path, runtime: str = "auto", explain_layout: Callable[[LoadedModel], dict] | None = None,
+                  model_file: ModelFile | None = None) -> dict:
+    """A JSON-ready description of the model (read from `path`, or the `model_file` already read, e.g. out
+    of a bundle); raises ModelFileError when the file is unusable.
 
     `explain_layout` (the service's layout matcher, passed in so this module stays below the decoders)
     says which output layout the model matched and why; its task replaces the plain guess."""
-    model_file = read_model_file(path)
+    model_file = model_file or read_model_file(path)
     report: dict = {
         "path": str(model_file.path),
         "size_bytes": len(model_file.content),
@@ -72,7 +74,11 @@ def _converted_from(info: dict) -> dict | None:
 
 def format_report(report: dict) -> str:
     """The report as text for people."""
-    lines = [
+    bundle = report.get("bundle")
+    head = [f"bundle    {bundle['summary']}"] if bundle else []
+    if "sha256" not in report:  # an encrypted bundle inspected without its board's key
+        return "\n".join(head)
+    lines = head + [
         f"model     {report['path']}",
         f"size      {report['size_bytes']:,} bytes   sha256 {report['sha256']}",
         f"runtime   {report.get('runtime') or 'none available'}",
