@@ -62,6 +62,9 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     trial.add_argument("--trusted-key", action="append", default=[], metavar="NAME.pub",
                        help="a public key whose signed bundles are accepted, for --model and for pushes (repeatable); "
                             "with one, only signed bundles are accepted")
+    run.add_argument("--device-key", metavar="FILE",
+                     help="this board's device key (keys generate-device) for encrypted bundles; overrides "
+                          "[models] device_key")
     run.add_argument("--log-level", choices=LOG_LEVELS)
     run.set_defaults(handler=run_command)
 
@@ -69,6 +72,11 @@ def add_run(commands: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     config_path = None if args.model or args.source else (args.config or DEFAULT_CONFIG_PATH)
     config = trial_config(args) if config_path is None else load_config(config_path)
+    if args.device_key:
+        import dataclasses
+
+        config = dataclasses.replace(config, models=dataclasses.replace(
+            config.models, device_key=str(Path(args.device_key).absolute())))
     if args.log_level is None:
         logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
     from edge_agent.service.agent import Agent
@@ -121,18 +129,54 @@ def add_inspect(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     inspect.add_argument("--task", choices=TASK_CHOICES, default="auto",
                          help="explain whether this task can decode the model (default: the layout auto would pick)")
+    inspect.add_argument("--device-key", metavar="FILE", help="an encrypted bundle: the board's device key, to "
+                                                               "decrypt the model in memory and inspect it too")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=inspect_command)
 
 
 def inspect_command(args: argparse.Namespace) -> int:
+    from edge_agent.delivery.bundle import is_bundle_file
     from edge_agent.runtime.report import format_report, inspect_model
     from edge_agent.service.decoding import explain_model
 
-    # ModelFileError: exit 2, in main
-    report = inspect_model(args.model, args.runtime, lambda loaded: explain_model(loaded, args.task))
+    def explain(loaded):  # which output layout the task would pick, and why
+        return explain_model(loaded, args.task)
+
+    if is_bundle_file(args.model):
+        report = inspect_bundle(args.model, args.runtime, args.device_key, explain)
+    else:
+        report = inspect_model(args.model, args.runtime, explain)  # ModelFileError: exit 2, in main
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_OK
+
+
+def inspect_bundle(path: str, runtime: str, device_key_path: str | None, explain=None) -> dict:
+    """What a bundle says about itself (signer, encryption, for whom), and its model's report when it
+    is not encrypted or the board's device key is given. The signature is not checked here."""
+    from edge_agent.delivery.bundle import read_bundle_header, read_bundle_model
+    from edge_agent.delivery.device_keys import load_device_private_key
+    from edge_agent.runtime.report import inspect_model
+    from edge_agent.runtime.tflite_file import model_file_from_bytes
+
+    header = read_bundle_header(path)
+    manifest, encryption = header.manifest, header.manifest.encryption
+    signer = header.signature.key_id if header.signature else None
+    parts = [f"{manifest.name} {manifest.version} ({manifest.task}, format {manifest.format_version})",
+             f"signed by key {signer} (check it with `edge-agent bundle verify --trusted-key`)" if signer else "UNSIGNED"]
+    if encryption:
+        parts.append(f"encrypted for {encryption.describe_recipients()}")
+    bundle = {"summary": ", ".join(parts), "name": manifest.name, "version": manifest.version, "signed_by": signer,
+              "encrypted": encryption is not None,
+              "encrypted_for": [{"name": r.name, "key_id": r.key_id} for r in encryption.recipients] if encryption else None}
+    if encryption and not device_key_path:
+        bundle["summary"] += " (pass --device-key BOARD.key to inspect the model itself)"
+        return {"path": path, "bundle": bundle}
+    device_key = load_device_private_key(device_key_path) if device_key_path else None
+    model, _ = read_bundle_model(header, device_key=device_key)
+    report = inspect_model(path, runtime, explain, model_file_from_bytes(path, model))
+    report["bundle"] = bundle
+    return report
 
 
 # ---------------------------------------------------------------------------- check-config
@@ -240,7 +284,7 @@ def add_selftest(commands: argparse._SubParsersAction) -> None:
 def selftest_command(args: argparse.Namespace) -> int:
     from edge_agent.service.selftest import selftest_main
 
-    return selftest_main(sys.stdin, sys.stdout)
+    return selftest_main(sys.stdin.buffer, sys.stdout)
 
 
 def add_config_reference(commands: argparse._SubParsersAction) -> None:

@@ -646,6 +646,15 @@ class ModelsConfig:
                                         "killed after this long", minimum=1.0, cap=3600.0)
     probation_s: float = setting(60.0, "a new model that fails within this window is rolled back; 0 = no probation",
                                  minimum=0.0, cap=86400.0)
+    # who may change the board, and how much an unauthenticated client can make it do (see "Model delivery")
+    max_clock_skew_s: float = setting(300.0, "a signed request issued further than this from the board's clock is "
+                                             "refused; 0 = no clock check (replays are then stopped only by the "
+                                             "4096 request ids remembered)", minimum=0.0, cap=31_536_000.0)
+    max_begins_per_minute: int = setting(12, "push begins taken per minute; more are refused (a slot squatter or "
+                                             "a flood)", minimum=1, cap=10_000)
+    device_key: str = setting("", "the board's device key (keys generate-device) for encrypted bundles: a file, or "
+                                  "credential:NAME for a systemd credential; empty = encrypted bundles are refused",
+                              path=lambda v: not v.startswith("credential:"))
 
 
 def _discovery_prefix_problem(prefix: str) -> str | None:

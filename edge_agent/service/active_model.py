@@ -89,12 +89,15 @@ def build_active_model(
     trusted_keys: tuple[str, ...] = (),
     allow_unsigned_models: bool = True,
     label: str = "",
+    device_key: str = "",
     opened: OpenedModel | None = None,
 ) -> ActiveModel:
-    """Load the pipeline's model (a .tflite, or a bundle verified per model_source's trust rule) and
-    check that it fits the pipeline; raise a specific error if not (naming the file as `label` if given).
-    `opened`: the model already opened and checked (service.model_guard), loaded without reading it again."""
-    opened = opened or open_model(model_path or config.model, trusted_keys, allow_unsigned_models, label)
+    """Load the pipeline's model (a .tflite, or a bundle verified per model_source's trust rule, decrypted
+    with `device_key` when encrypted) and check that it fits the pipeline; raise a specific error if not
+    (naming the file as `label` if given). `opened`: the model already opened and checked
+    (service.model_guard, a push's install), loaded without reading it again."""
+    if opened is None:
+        opened = open_model(model_path or config.model, trusted_keys, allow_unsigned_models, label, device_key)
     manifest = opened.manifest
     if manifest is not None:
         config = apply_manifest(config, manifest)

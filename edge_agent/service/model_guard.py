@@ -150,7 +150,8 @@ class ModelGuard:
 
     def _check(self, agent: AgentConfig, config: PipelineConfig, path: str) -> OpenedModel:
         # the agent's trust rule and the model verifier (runtime/tflite_verify.py) run here, in the parent
-        opened = open_model(path, agent.trusted_keys, agent.allow_unsigned_models)
+        opened = open_model(path, agent.trusted_keys, agent.allow_unsigned_models,
+                            device_key=agent.models.device_key)
         sha256 = opened.model_file.sha256
         with self._lock:
             verified = self._verified.setdefault(agent.state_dir, VerifiedModels(agent.state_dir))
@@ -158,8 +159,8 @@ class ModelGuard:
         if key in verified:
             logger.debug("pipeline %s: model %s (sha256 %s…) passed its check before", config.name, path, sha256[:12])
             return opened
-        report = selftest_in_child(agent, config.name, path, "", agent.trusted_keys, agent.allow_unsigned_models,
-                                   agent.models.selftest_timeout_s, self._stop)
+        # the child gets these very bytes through its stdin (an encrypted model never reaches a file)
+        report = selftest_in_child(agent, config.name, opened, path, agent.models.selftest_timeout_s, self._stop)
         if report.get("sha256") != sha256:
             raise ModelChangedError(f"{path} changed while it was being checked: once it is written completely, "
                                     "start or reload the agent again")

@@ -3,9 +3,13 @@
 No MQTT here (service.model_updates talks to the pusher); every step raises with the reason
 the pusher should read, and nothing changes until the last step succeeded:
 
-  verify    integrity and signature (model_source's trust rule; an unsigned bundle only with an
-            explicit allow_unsigned_models = true)
-  self-test in a child process (service.selftest): a model that crashes the runtime kills only it
+  verify    signature first, then the model read with a hard cap at models.max_mb and its
+            SHA-256 checked (model_source's trust rule; an unsigned bundle only with an explicit
+            allow_unsigned_models = true), decrypted in memory when encrypted for this board
+  version   not older than the pipeline's active version unless the signed begin allows a
+            downgrade (edge_agent.delivery.versions)
+  self-test in a child process (service.selftest), fed the plain model through a pipe: a model
+            that crashes the runtime kills only the child
   fit       the task must be the one the pipeline already publishes
   build     the new ActiveModel beside the running one (load, allocate, warm up)
   record    into the model store (active.json replaced atomically), then swapped between two frames
@@ -26,7 +30,9 @@ from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.delivery.store import ModelStore, StoredModel, StoreError, pipeline_store, utc_now
 from edge_agent.delivery.transfer import disk_problem
 from edge_agent.records import ModelRef
+from edge_agent.errors import InputError
 from edge_agent.service.active_model import ActiveModel, build_active_model
+from edge_agent.service.model_source import OpenedModel, open_model
 from edge_agent.service.probation import Probation, ProbationList
 from edge_agent.service.selftest import SelfTestError, selftest_in_child
 
@@ -35,7 +41,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXPECTED_ERRORS = (SelfTestError, StoreError, OSError, ValueError, RuntimeError)  # anything else is a bug: logged
+EXPECTED_ERRORS = (SelfTestError, StoreError, OSError, ValueError, RuntimeError, InputError)  # else a bug: logged
+
+
+class DowngradeError(InputError):
+    """The bundle's version is older than the one the pipeline runs, and the request did not allow that."""
 
 
 class PipelineHost(Protocol):
@@ -60,20 +70,19 @@ class ModelInstaller:
         self._changes = threading.Lock()
 
     def install(self, pipeline: str, path: Path, label: str, transfer_id: str,
-                verified: Callable[[dict, str], None]) -> tuple[dict | None, StoredModel]:
+                verified: Callable[[dict, str], None], allow_downgrade: bool = False) -> tuple[dict | None, StoredModel]:
         """Install the bundle at `path`; (the model served before, the stored entry of the new one).
         `verified(new_model, note)` is called once the self-test has passed."""
         config = self.pipeline_config(pipeline)
         settings = self.host.config
-        self._verify(path, label)
-        report = selftest_in_child(settings, config.name, str(path), label, settings.trusted_keys,
-                                   settings.allow_unsigned_pushes, self.settings.selftest_timeout_s, self._stop)
+        opened = self._verify(path, label)
+        note = self._check_version(pipeline, opened, allow_downgrade)
+        report = selftest_in_child(settings, config.name, opened, label, self.settings.selftest_timeout_s, self._stop)
         self._check_fit(pipeline, report)
         verified({"name": report["name"], "version": report["version"], "sha256": report["sha256"]},
-                 f"self-test passed in {report['seconds']:.1f} s")
+                 f"self-test passed in {report['seconds']:.1f} s{note}")
         with self._changes:
-            active = build_active_model(config, model_path=str(path), trusted_keys=settings.trusted_keys,
-                                        allow_unsigned_models=settings.allow_unsigned_pushes, label=label)
+            active = build_active_model(config, opened=opened, label=label)
             previous = self.running_ref(pipeline)
             entry = self._record(pipeline, config, path, active.ref, transfer_id)
             self.host.install_model(pipeline, active)
@@ -95,7 +104,8 @@ class ModelInstaller:
                 raise StoreError(f"the active model changed meanwhile (now {active.name} {active.version})")
             restored_model = build_active_model(config, model_path=str(store.path(history[1])),
                                                 trusted_keys=self.host.config.trusted_keys,
-                                                allow_unsigned_models=self.host.config.allow_unsigned_models)
+                                                allow_unsigned_models=self.host.config.allow_unsigned_models,
+                                                device_key=self.settings.device_key)
             given_up, restored = store.rollback()
             self.host.install_model(pipeline, restored_model, restart=restart)
             self.probation.end(pipeline)
@@ -123,16 +133,35 @@ class ModelInstaller:
         ref = running.active.ref
         return {"name": ref.name, "version": ref.version, "sha256": ref.sha256}
 
-    def _verify(self, path: Path, label: str) -> None:
-        """Integrity and trust (checked again by the self-test child)."""
+    def _verify(self, path: Path, label: str) -> OpenedModel:
+        """Trust (before anything is inflated), then integrity within models.max_mb; the model in memory."""
         from edge_agent.delivery.bundle import BundleError, is_bundle_file
-        from edge_agent.service.model_source import open_model
 
         if not is_bundle_file(path):
             raise BundleError(f"{label} is not a model bundle: make one with "
                               "`edge-agent bundle create MODEL.tflite --key NAME.key -o MODEL.eab`")
         config = self.host.config
-        open_model(str(path), config.trusted_keys, config.allow_unsigned_pushes, label)
+        return open_model(str(path), config.trusted_keys, config.allow_unsigned_pushes, label,
+                          self.settings.device_key, int(self.settings.max_mb * 1024 * 1024))
+
+    def _check_version(self, pipeline: str, opened: OpenedModel, allow_downgrade: bool) -> str:
+        """Refuse a version older than the active one unless the signed begin allows it; a note for the event."""
+        from edge_agent.delivery.versions import downgrade_problem
+
+        running = self.running_ref(pipeline)
+        if running is not None:
+            active = running["version"]
+        else:  # a pipeline that is down: the version its store says is active
+            try:
+                stored = self.store(pipeline).active_for(self.pipeline_config(pipeline).model)
+            except StoreError:
+                stored = None
+            active = stored.version if stored is not None else ""
+        new = opened.manifest.version if opened.manifest is not None else ""
+        problem = downgrade_problem(active, new)
+        if problem and not allow_downgrade:
+            raise DowngradeError(problem)
+        return f"; downgrade from {active} allowed by the request" if problem else ""
 
     def _check_fit(self, pipeline: str, report: dict) -> None:
         running = self.host.pipelines.get(pipeline)

@@ -10,6 +10,11 @@ The rule (config keys `trusted_keys` and `allow_unsigned_models`):
     with a clear error otherwise.
 A bundle's manifest supplies the task, labels and preprocessing; pipeline keys the user
 set explicitly (`task` other than "auto", `labels`, keys inside [preprocess]) win.
+
+The trust decision is made on the bundle's header (manifest and signature, edge_agent.delivery.
+bundle) before a byte of the model is inflated or decrypted; the model is then read with a hard
+cap (`max_model_bytes`: models.max_mb for pushed bundles) and, when encrypted, decrypted in
+memory with the board's device key (models.device_key): it never touches the disk in the clear.
 """
 
 from __future__ import annotations
@@ -40,13 +45,22 @@ class OpenedModel:
     model_file: ModelFile
     manifest: Manifest | None
     provenance: str  # for the log: who vouches for these bytes
+    manifest_bytes: bytes = b""  # the manifest as signed (the self-test child parses it again)
 
 
 def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_models: bool = True,
-               label: str = "") -> OpenedModel:
+               label: str = "", device_key: str = "", max_model_bytes: int = 0) -> OpenedModel:
     """Read `path` as a bundle or a .tflite, applying the trust rule in the module docstring; errors name
-    the file as `label` when given (a pushed bundle by the name the pusher knows it by)."""
-    from edge_agent.delivery.bundle import BundleTrustError, check_trust, is_bundle_file, read_bundle
+    the file as `label` when given (a pushed bundle by the name the pusher knows it by). `device_key` is
+    models.device_key (loaded only for an encrypted bundle); `max_model_bytes` 0 is the tools' limit."""
+    from edge_agent.delivery.bundle import (
+        DEFAULT_MAX_MODEL_BYTES,
+        BundleTrustError,
+        check_trust,
+        is_bundle_file,
+        read_bundle_header,
+        read_bundle_model,
+    )
 
     if not is_bundle_file(path):
         if not allow_unsigned_models:
@@ -56,20 +70,38 @@ def open_model(path: str, trusted_keys: tuple[str, ...] = (), allow_unsigned_mod
                 "or set allow_unsigned_models = true"
             )
         return OpenedModel(read_model_file(path), None, "unsigned .tflite")
-    bundle = read_bundle(path, label)
+    limit = max_model_bytes or DEFAULT_MAX_MODEL_BYTES
+    header = read_bundle_header(path, label, limit)
     keys = load_trusted_keys(trusted_keys)
     try:
-        key = check_trust(bundle, keys)
+        key = check_trust(header, keys)
         provenance = f"bundle signed by trusted key {key.key_id} ({key.source})"
     except BundleTrustError as err:
-        altered = bundle.signature is not None and any(k.key_id == bundle.signature.key_id for k in keys)
+        altered = header.signature is not None and any(k.key_id == header.signature.key_id for k in keys)
         if altered:
             raise
         if not allow_unsigned_models:
             raise BundleTrustError(f"{err} (allow_unsigned_models is false)") from None
         logger.warning("%s -- loading it anyway because allow_unsigned_models is true", err)
         provenance = "bundle not verified (allow_unsigned_models = true)"
-    return OpenedModel(model_file_from_bytes(label or path, bundle.model), bundle.manifest, provenance)
+    key_for_bundle = None
+    if header.encrypted:
+        from edge_agent.delivery.device_keys import load_device_private_key
+
+        key_for_bundle = load_device_private_key(device_key) if device_key else None
+        provenance += f", decrypted in memory with device key {key_for_bundle.key_id}" if key_for_bundle else ""
+    model, _ = read_bundle_model(header, limit, key_for_bundle)
+    return OpenedModel(model_file_from_bytes(label or path, model), header.manifest, provenance, header.manifest_bytes)
+
+
+def opened_from_bytes(model: bytes, manifest_bytes: bytes, label: str, provenance: str) -> OpenedModel:
+    """An OpenedModel for bytes another process already verified (the self-test child's input)."""
+    manifest = None
+    if manifest_bytes:
+        from edge_agent.delivery.manifest import parse_manifest
+
+        manifest = parse_manifest(manifest_bytes, label)
+    return OpenedModel(model_file_from_bytes(label, model), manifest, provenance, manifest_bytes)
 
 
 def load_trusted_keys(paths: tuple[str, ...]) -> list[PublicKey]:

@@ -1,11 +1,18 @@
-"""The board's side of `edge-agent push` and `edge-agent models rollback`: the MQTT conversation.
+"""The board's side of `edge-agent push`, `models rollback` and `models list`: the MQTT conversation.
 
 Requests arrive on `{prefix}/{device}/models/...` (edge_agent.delivery.update_protocol) through the
-agent's one MQTT client; paho's thread only puts them on a queue. One worker thread takes them
-in order, reassembles transfers (models.transfer), answers every request with an event, expires
-idle transfers and judges probation. A complete transfer is installed (service.model_install) on
-a job thread, one at a time, so a second push that arrives meanwhile is refused at once
-("busy with transfer X").
+agent's one MQTT client; paho's thread only puts them on a bounded queue. One worker thread takes
+them in order, lets each through the RequestGate (service.request_gate: bounded parsing, signature,
+clock window, replays, begin rate), reassembles transfers (delivery.transfer), answers every request
+with an event, expires idle transfers and judges probation. A complete transfer is installed
+(service.model_install) on a job thread, one at a time, so a second push that arrives meanwhile is
+refused at once ("busy with transfer X") -- unless the transfer holding the slot is unsigned or has
+made no progress for PREEMPT_IDLE_S, which a signed push may take over.
+
+What an unauthenticated client can make the board do is bounded: its messages are refused with a
+short reason (rate-limited, without the id they claim, so they cannot end someone else's push), its
+chunks are dropped unless they are the ones a signed begin listed, and it can neither re-arm a
+transfer's timeout nor abort it.
 """
 
 from __future__ import annotations
@@ -15,33 +22,41 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Callable
 
-from edge_agent.delivery.transfer import Transfer, TransferError, remove_leftovers
+from edge_agent.delivery.request_limits import LogLimiter, RateWindow, clip
+from edge_agent.delivery.transfer import StrayChunk, Transfer, TransferError, remove_leftovers
 from edge_agent.delivery.update_protocol import (
+    FINAL_EVENTS,
     ProtocolError,
     PushBegin,
+    abort_token_matches,
     is_valid_id,
     models_base,
     parse_begin,
-    parse_json_object,
-    parse_models_topic,
 )
 from edge_agent.service.model_install import ModelInstaller, PipelineHost, failure_reason
+from edge_agent.service.model_source import load_trusted_keys
 from edge_agent.service.probation import probation_failure, stall_limit_s
+from edge_agent.service.request_gate import Refusal, Request, RequestGate, gate_mode
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 STOP_JOIN_S = 5.0
-REMEMBERED_IDS = 256  # finished or refused transfers whose late chunks and resends are ignored
+REMEMBERED_IDS = 256  # finished transfers and requests whose final answer is repeated on request
 MAX_MISSING_LISTED = 1000
+INBOX_MESSAGES = 512  # requests waiting for the worker; beyond this (a flood) they are dropped and counted
+INBOX_BYTES = 64 * 1024 * 1024
+PREEMPT_IDLE_S = 15.0  # a transfer without progress for this long may be taken over by a signed push
+REFUSAL_EVENTS_PER_MINUTE = 30  # answers to requests that were refused before being authenticated
+MAX_REASON_CHARS = 1000
 
 
 class ModelUpdates:
-    """Receives pushes and rollback requests for every pipeline of one agent."""
+    """Receives pushes, rollback and list requests for every pipeline of one agent."""
 
     def __init__(self, host: PipelineHost, publisher, watchdog_timeout_s: float):
         config = host.config
@@ -52,7 +67,14 @@ class ModelUpdates:
         self.base = models_base(config.mqtt.topic_prefix, config.device_id)
         self.events_topic = f"{self.base}/events"
         self.incoming = Path(config.state_dir) / "incoming"
+        mode = gate_mode(config.trusted_keys, config.allow_unsigned_pushes)
+        keys = load_trusted_keys(config.trusted_keys) if config.trusted_keys else []
+        self.gate = RequestGate(self.base, config.device_id, mode, keys, self.settings.max_clock_skew_s,
+                                self.settings.max_begins_per_minute)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._inbox_bytes = 0
+        self._inbox_lock = threading.Lock()
+        self.dropped_requests = 0  # messages dropped because the inbox was full (a flood)
         self._stop = threading.Event()
         self.installer = ModelInstaller(host, self._stop)
         self._transfer: Transfer | None = None
@@ -60,6 +82,10 @@ class ModelUpdates:
         self._job: threading.Thread | None = None
         self._job_label = ""
         self._done_ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
+        self._answers: OrderedDict[str, dict] = OrderedDict()  # id -> its latest event (final ones are repeated)
+        self._answers_lock = threading.Lock()
+        self._refusal_events = RateWindow(REFUSAL_EVENTS_PER_MINUTE)
+        self._log = LogLimiter(logger)
         self._worker = threading.Thread(target=self._run, name="model-updates", daemon=True)
 
     # --- life cycle ----------------------------------------------------------------
@@ -67,11 +93,14 @@ class ModelUpdates:
         removed = remove_leftovers(self.incoming)
         if removed:
             logger.info("removed %d unfinished model transfer(s) from %s", removed, self.incoming)
-        self.publisher.subscribe(f"{self.base}/push/#", self._receive)
-        self.publisher.subscribe(f"{self.base}/rollback", self._receive)
+        for topic in ("push/#", "rollback", "list"):
+            self.publisher.subscribe(f"{self.base}/{topic}", self._receive)
         self._worker.start()
-        logger.info("model updates: %s on %s/#", "accepting pushes" if self.settings.enabled else "disabled "
-                    "(models.enabled = false; requests are answered with rejected)", self.base)
+        modes = {"signed": f"requests signed by {len(self.gate.keys)} trusted key(s)",
+                 "open": "UNSIGNED requests from anyone on the broker (no trusted_keys, allow_unsigned_models = true)",
+                 "closed": "no requests (no trusted_keys to authenticate them)"}
+        logger.info("model updates: %s on %s/#, taking %s", "enabled" if self.settings.enabled else "disabled "
+                    "(models.enabled = false; requests are answered with rejected)", self.base, modes[self.gate.mode])
 
     def stop(self) -> None:
         """Stop taking requests, kill a running self-test, delete an unfinished transfer."""
@@ -88,7 +117,19 @@ class ModelUpdates:
         return pipeline in self.installer.probation
 
     def _receive(self, topic: str, payload: bytes) -> None:
-        """On paho's network thread: hand over, nothing else."""
+        """On paho's network thread: hand over (or drop, when a flood has filled the inbox), nothing else."""
+        with self._inbox_lock:
+            if self._inbox.qsize() >= INBOX_MESSAGES or self._inbox_bytes + len(payload) > INBOX_BYTES:
+                self.dropped_requests += 1
+                dropped = self.dropped_requests
+                full = True
+            else:
+                self._inbox_bytes += len(payload)
+                full = False
+        if full:
+            self._log.log(logging.WARNING, "inbox-full", "model requests arrive faster than they can be handled: "
+                          "%d dropped so far (the pusher resends what a board asks for)", dropped)
+            return
         self._inbox.put((topic, payload))
 
     def _run(self) -> None:
@@ -98,10 +139,12 @@ class ModelUpdates:
             except queue.Empty:
                 pass
             else:
+                with self._inbox_lock:
+                    self._inbox_bytes -= len(payload)
                 try:
                     self._handle(topic, payload)
                 except Exception:  # the edge of the loop: one bad request must not end the updater
-                    logger.exception("model request on %s failed", topic)
+                    logger.exception("model request on %s failed", clip(topic))
             try:
                 self._expire_transfer()
                 self._watch_probation()
@@ -111,20 +154,31 @@ class ModelUpdates:
     # --- requests ------------------------------------------------------------------
     def _handle(self, topic: str, payload: bytes) -> None:
         try:
-            request = parse_models_topic(topic, self.base)
-        except ProtocolError as err:
-            self._event("rejected", reason=str(err))
+            request = self.gate.admit(topic, payload)
+        except Refusal as refusal:
+            self._refused(refusal)
             return
         if request.kind == "chunk":
-            self._chunk(request.transfer_id, request.index, payload)
+            self._chunk(request)
         elif request.kind == "begin":
-            self._begin(request.transfer_id, payload)
+            self._begin(request)
         elif request.kind == "end":
-            self._end(request.transfer_id, payload)
+            self._end(request)
         elif request.kind == "abort":
-            self._abort(request.transfer_id, payload)
+            self._abort(request)
+        elif request.kind == "rollback":
+            self._rollback_request(request)
         else:
-            self._rollback_request(payload)
+            self._list_request(request)
+
+    def _refused(self, refusal: Refusal) -> None:
+        """A message refused before it was authenticated: a short answer without the id it claims (so it
+        cannot end anyone's push), a rate-limited log line, and at most REFUSAL_EVENTS_PER_MINUTE answers."""
+        self._log.log(logging.WARNING, refusal.kind, "model request refused: %s", clip(refusal.reason, 300))
+        if refusal.silent or not self._refusal_events.allow():
+            return
+        claimed = refusal.claimed_id if is_valid_id(refusal.claimed_id) else ""
+        self._event("rejected", reason=refusal.reason, claimed_id=claimed, log=False)
 
     def _refusal(self) -> str:
         """Why no new push or rollback can start now ("" when one can)."""
@@ -136,19 +190,22 @@ class ModelUpdates:
             return f"busy with {self._job_label}: try again when it has finished"
         return ""
 
-    def _begin(self, transfer_id: str, payload: bytes) -> None:
+    def _begin(self, request: Request) -> None:
+        transfer_id = request.transfer_id
         if transfer_id in self._done_ids:
-            return  # a resent begin of a push that is already over
+            self._repeat_answer(transfer_id)  # a resent begin of a push that is over
+            return
         if self._transfer is not None and self._transfer.transfer_id == transfer_id:
-            self._transfer.touch()
+            # the same pusher asking again: answer, but do not re-arm the timeout (only progress does)
             self._event("accepted", transfer_id=transfer_id, pipeline=self._transfer_pipeline)
             return
         try:
-            begin = parse_begin(payload, transfer_id)
+            begin = parse_begin(request.data, transfer_id)
             pipeline = self._resolve_pipeline(begin.pipeline)
         except ProtocolError as err:
             self._refuse(transfer_id, "", str(err))
             return
+        self._preempt_for(request)
         refusal = self._refusal()
         if refusal:
             self._refuse(transfer_id, pipeline, refusal)
@@ -160,9 +217,25 @@ class ModelUpdates:
         except TransferError as err:
             self._refuse(transfer_id, pipeline, str(err))
             return
+        self._transfer.signed = bool(request.signed_by)
         self._transfer_pipeline = pipeline
-        logger.info("model transfer %s for pipeline %s: %d bytes in %d chunks", transfer_id, pipeline, begin.size, begin.chunks)
+        signer = f"signed by key {request.signed_by}" if request.signed_by else "UNSIGNED"
+        logger.info("model transfer %s for pipeline %s (%s): %d bytes in %d chunks", transfer_id, pipeline, signer,
+                    begin.size, begin.chunks)
         self._event("accepted", transfer_id=transfer_id, pipeline=pipeline)
+
+    def _preempt_for(self, request: Request) -> None:
+        """A signed push may take the slot of an unsigned transfer, or of one that stopped making progress."""
+        transfer = self._transfer
+        if transfer is None or not request.signed_by:
+            return
+        idle_s = transfer.idle_s()
+        if transfer.signed and idle_s < PREEMPT_IDLE_S:
+            return
+        why = "it is unsigned" if not transfer.signed else f"it made no progress for {idle_s:.0f} s"
+        logger.warning("model transfer %s given up for the signed transfer %s (%s)", transfer.transfer_id,
+                       request.transfer_id, why)
+        self._fail_transfer(f"pre-empted by the signed transfer {request.transfer_id} ({why})")
 
     def _already_active(self, begin: PushBegin, pipeline: str) -> bool:
         """A push of the bundle that is already active succeeds without a transfer."""
@@ -174,31 +247,30 @@ class ModelUpdates:
                     previous=active.describe(), new=active.describe())
         return True
 
-    def _chunk(self, transfer_id: str, index: int, payload: bytes) -> None:
+    def _chunk(self, request: Request) -> None:
         transfer = self._transfer
-        if transfer is None or transfer.transfer_id != transfer_id:
-            if transfer_id not in self._done_ids:
-                logger.debug("chunk %d of unknown transfer %s ignored", index, transfer_id)
+        if transfer is None or transfer.transfer_id != request.transfer_id:
+            if request.transfer_id not in self._done_ids:
+                self._log.log(logging.DEBUG, "chunk-unknown", "chunk %d of unknown transfer %s dropped", request.index,
+                              request.transfer_id)
             return
         try:
-            transfer.write_chunk(index, payload)
+            transfer.write_chunk(request.index, request.payload)
+        except StrayChunk as err:  # not this transfer's chunk: someone else on the broker; the transfer goes on
+            self._log.log(logging.WARNING, "chunk-stray", "dropped a chunk that is not the transfer's: %s", err)
         except TransferError as err:
             self._fail_transfer(str(err))
 
-    def _end(self, transfer_id: str, payload: bytes) -> None:
+    def _end(self, request: Request) -> None:
+        transfer_id = request.transfer_id
         transfer = self._transfer
         if transfer is None or transfer.transfer_id != transfer_id:
-            if transfer_id not in self._done_ids:
-                self._refuse(transfer_id, "", f"unknown transfer {transfer_id}: its begin never arrived or it expired; push again")
-            return
-        try:
-            parse_json_object(payload, "end")
-        except ProtocolError as err:
-            self._fail_transfer(str(err))
+            if not self._repeat_answer(transfer_id):
+                self._refuse(transfer_id, "", f"unknown transfer {transfer_id}: its begin never arrived or it "
+                                              "expired; push again")
             return
         missing = transfer.missing()
         if missing:
-            transfer.touch()
             self._event("missing", transfer_id=transfer_id, pipeline=self._transfer_pipeline,
                         reason=f"{len(missing)} of {transfer.begin.chunks} chunks have not arrived",
                         missing=missing[:MAX_MISSING_LISTED])
@@ -209,34 +281,42 @@ class ModelUpdates:
             self._fail_transfer(str(err))
             return
         pipeline = self._transfer_pipeline
-        label = transfer.begin.name or f"the bundle of transfer {transfer_id}"
+        label = clip(transfer.begin.name, 128) if transfer.begin.name else f"the bundle of transfer {transfer_id}"
+        allow_downgrade = transfer.begin.allow_downgrade
         self._transfer = None
         self._done_ids.append(transfer_id)
         self._event("received", transfer_id=transfer_id, pipeline=pipeline)
-        self._start_job(f"installing transfer {transfer_id}", lambda: self._install(transfer_id, pipeline, path, label))
+        self._start_job(f"installing transfer {transfer_id}",
+                        lambda: self._install(transfer_id, pipeline, path, label, allow_downgrade))
 
-    def _abort(self, transfer_id: str, payload: bytes) -> None:
-        """The pusher gave up (timeout, Ctrl-C, a broker refusing its chunks): free the board at once."""
-        if self._transfer is None or self._transfer.transfer_id != transfer_id:
-            return
-        try:
-            reason = str(parse_json_object(payload, "abort").get("reason") or "no reason given")
-        except ProtocolError as err:
-            reason = str(err)
-        self._fail_transfer(f"aborted by the pusher: {reason}")
+    def _repeat_answer(self, request_id: str) -> bool:
+        """Publish a request's latest answer again (a pusher that lost it during a broker blip asks with
+        a resent end or begin); False when the board does not remember the request."""
+        with self._answers_lock:
+            answer = self._answers.get(request_id)
+        if answer is None:
+            return request_id in self._done_ids
+        self.publisher.publish(self.events_topic, json.dumps({**answer, "ts": round(time.time(), 3)},
+                                                             separators=(",", ":")), qos=1)
+        return True
 
-    def _rollback_request(self, payload: bytes) -> None:
-        try:
-            data = parse_json_object(payload, "rollback")
-        except ProtocolError as err:
-            self._event("rejected", reason=str(err))
+    def _abort(self, request: Request) -> None:
+        """The pusher gave up (timeout, Ctrl-C, a broker refusing its chunks): free the board at once.
+        Only the pusher that began the transfer may: its signature, or (unsigned transfers) its token."""
+        transfer = self._transfer
+        if transfer is None or transfer.transfer_id != request.transfer_id:
             return
-        request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not is_valid_id(request_id):
-            self._event("rejected", reason="rollback: request_id must be 1-64 letters, digits, '.', '_' or '-'")
+        if not request.signed_by and not abort_token_matches(transfer.begin, request.data.get("abort_token")):
+            self._refused(Refusal(f"an abort of transfer {transfer.transfer_id} without the token its begin named: "
+                                  "only the pusher that began a transfer can abort it", "abort-unauthenticated"))
             return
+        reason = request.data.get("reason") or "no reason given"
+        self._fail_transfer(f"aborted by the pusher: {clip(reason, 300)}")
+
+    def _rollback_request(self, request: Request) -> None:
+        request_id = request.request_id
         try:
-            pipeline = self._resolve_pipeline(data.get("pipeline") or "")
+            pipeline = self._resolve_pipeline(request.data.get("pipeline") or "")
         except ProtocolError as err:
             self._event("rejected", request_id=request_id, reason=str(err))
             return
@@ -247,13 +327,23 @@ class ModelUpdates:
         self._start_job(f"rollback {request_id}",
                         lambda: self._guarded_rollback(pipeline, request_id=request_id, reason="requested"))
 
-    def _resolve_pipeline(self, requested: str) -> str:
+    def _list_request(self, request: Request) -> None:
+        from edge_agent.delivery.store import StoreError, describe_stores
+
+        try:
+            models = describe_stores(self.host.config.state_dir)
+        except StoreError as err:
+            self._event("rejected", request_id=request.request_id, reason=str(err))
+            return
+        self._event("listed", request_id=request.request_id, models=models)
+
+    def _resolve_pipeline(self, requested: object) -> str:
         names = [p.name for p in self.host.config.pipelines]
         if not isinstance(requested, str):
-            raise ProtocolError(f"pipeline must be a string, got {requested!r}")
+            raise ProtocolError(f"pipeline must be a string, got {clip(requested, 40)}")
         if requested:
             if requested not in names:
-                raise ProtocolError(f"this device has no pipeline {requested!r} (it runs {', '.join(names)})")
+                raise ProtocolError(f"this device has no pipeline {clip(requested, 80)!s} (it runs {', '.join(names)})")
             return requested
         if len(names) == 1:
             return names[0]
@@ -276,7 +366,7 @@ class ModelUpdates:
         transfer = self._transfer
         if transfer is not None and transfer.idle_s() > self.settings.transfer_timeout_s:
             self._fail_transfer(f"the transfer timed out: nothing arrived for {self.settings.transfer_timeout_s:g} s "
-                                "(models.transfer_timeout_s); push again")
+                                "(no new chunk; models.transfer_timeout_s); push again")
 
     def _start_job(self, label: str, work: Callable[[], None]) -> None:
         self._job_label = label
@@ -284,13 +374,13 @@ class ModelUpdates:
         self._job.start()
 
     # --- model changes -------------------------------------------------------------
-    def _install(self, transfer_id: str, pipeline: str, path: Path, label: str) -> None:
+    def _install(self, transfer_id: str, pipeline: str, path: Path, label: str, allow_downgrade: bool) -> None:
         """On the job thread: install and report; every failure is a `rejected` event."""
         def verified(new: dict, note: str) -> None:
             self._event("verified", transfer_id=transfer_id, pipeline=pipeline, new=new, reason=note)
 
         try:
-            previous, entry = self.installer.install(pipeline, path, label, transfer_id, verified)
+            previous, entry = self.installer.install(pipeline, path, label, transfer_id, verified, allow_downgrade)
         except Exception as err:  # the edge of the job: report it, the old model keeps serving
             self._event("rejected", transfer_id=transfer_id, pipeline=pipeline,
                         reason=failure_reason(err, self.host.config.state_dir),
@@ -339,23 +429,41 @@ class ModelUpdates:
 
     # --- helpers -------------------------------------------------------------------
     def _event(self, event: str, *, transfer_id: str = "", request_id: str = "", pipeline: str = "", reason: str = "",
-               previous: dict | None = None, new: dict | None = None, missing: list[int] | None = None) -> None:
-        """Publish one event (QoS 1) and log it once."""
+               previous: dict | None = None, new: dict | None = None, missing: list[int] | None = None,
+               claimed_id: str = "", models: dict | None = None, log: bool = True) -> None:
+        """Publish one event (QoS 1), remember it as the request's latest answer, and log it once."""
+        reason = clip(reason, MAX_REASON_CHARS)
         payload: dict = {"device": self.host.config.device_id, "pipeline": pipeline, "event": event, "reason": reason,
                          "previous": previous, "new": new, "ts": round(time.time(), 3)}
         if transfer_id:
             payload["transfer_id"] = transfer_id
         if request_id:
             payload["request_id"] = request_id
+        if claimed_id:
+            payload["claimed_id"] = claimed_id
         if missing is not None:
             payload["missing"] = missing
+        if models is not None:
+            payload["models"] = models
+        subject = transfer_id or request_id
+        if subject and event != "missing":
+            with self._answers_lock:
+                self._answers[subject] = payload
+                self._answers.move_to_end(subject)
+                while len(self._answers) > REMEMBERED_IDS:
+                    self._answers.popitem(last=False)
         self.publisher.publish(self.events_topic, json.dumps(payload, separators=(",", ":")), qos=1)
-        subject = transfer_id or request_id or "request"
+        if not log:
+            return
+        subject = subject or "request"
         if event == "rejected":
-            logger.warning("model update %s rejected: %s", subject, reason)
+            logger.warning("model update %s rejected: %s", subject, clip(reason, 300))
         elif event in ("activated", "rolled_back"):
             logger.info("model update %s: pipeline %s %s %s %s (was %s %s)%s", subject, pipeline, event.replace("_", " "),
                         (new or {}).get("name"), (new or {}).get("version"), (previous or {}).get("name"),
                         (previous or {}).get("version"), f": {reason}" if reason else "")
         else:
             logger.debug("model update %s: %s %s", subject, event, reason)
+
+
+__all__ = ["FINAL_EVENTS", "ModelUpdates"]
