@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 from support import DEMO_VIDEO, REPO, Broker, Collector, wait_until
+from edge_agent.delivery.keys import PrivateKey
+from edge_agent.delivery.signed_request import sign_request
+from edge_agent.delivery.update_protocol import PushBegin, describe_bundle, push_topic
 from edge_agent.host.fleet import BrokerAddress
 from edge_agent.host.push import Pusher, PushOptions, PushResult
 
@@ -40,17 +45,39 @@ num_threads = 1
     return path
 
 
-def push(broker: Broker, bundle: Path | bytes, devices: list[str], **options) -> list[PushResult]:
-    """A push through the real Pusher, as `edge-agent push` runs it (without the progress bars)."""
+def push(broker: Broker, bundle: Path | bytes, devices: list[str], key: PrivateKey | None = None,
+         **options) -> list[PushResult]:
+    """A push through the real Pusher, as `edge-agent push` runs it (without the progress bars); every
+    request signed with `key` when given."""
     content = bundle if isinstance(bundle, bytes) else bundle.read_bytes()
     name = "" if isinstance(bundle, bytes) else bundle.name
-    pusher = Pusher(content, devices, PushOptions(BrokerAddress(broker.host, broker.port), **options), name=name)
+    pusher = Pusher(content, devices, PushOptions(BrokerAddress(broker.host, broker.port), key=key, **options),
+                    name=name)
     return pusher.run()
 
 
 def push_cli(broker: Broker, bundle: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge_agent", "push", str(bundle), "--broker", broker.address, *args],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def signed_payload(key: PrivateKey | None, action: str, device: str, request_id: str, params: dict) -> str:
+    """A request as a pusher sends it: signed for `device` with `key` (unsigned when key is None)."""
+    return json.dumps(sign_request(key, action, device, request_id, params) if key is not None else params)
+
+
+def send_begin(client, key: PrivateKey | None, device: str, transfer_id: str, content: bytes, chunk_size: int,
+               **begin_options) -> PushBegin:
+    """Publish a (signed) begin for `content` by hand, as the Pusher would; the PushBegin it sent."""
+    begin = describe_bundle(transfer_id, content, chunk_size, **begin_options)
+    client.publish(push_topic("edge", device, transfer_id, "begin"),
+                   signed_payload(key, "begin", device, transfer_id, begin.to_params()), qos=1)
+    return begin
+
+
+def send_end(client, key: PrivateKey | None, device: str, transfer_id: str) -> None:
+    client.publish(push_topic("edge", device, transfer_id, "end"),
+                   signed_payload(key, "end", device, transfer_id, {"transfer_id": transfer_id}), qos=1)
 
 
 def predictions(collector: Collector, device: str) -> list[dict]:

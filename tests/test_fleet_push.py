@@ -40,7 +40,7 @@ def test_a_push_to_a_group_of_twenty_boards(tmp_path, session_broker, collect, a
     assert wait_until(lambda: all(collector.payloads(f"edge/{d}/state") for d in everyone), 10)
 
     started = time.monotonic()
-    result = push_cli(session_broker, v2, "--group", "fleet", "--json")
+    result = push_cli(session_broker, v2, "--group", "fleet", "--json", "--key", str(tmp_path / "dev.key"))
     push_s = time.monotonic() - started
     table = json.loads(result.stdout)
     assert result.returncode == 1, "one board did not activate"

@@ -15,8 +15,9 @@ import pytest
 
 from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_VIDEO, REPO, Broker, Collector, wait_until
 from crafted_models import contrast_lookup_model, crashing_model, make_bundle, make_keys, rebundle, slow_on_contrast_model
-from edge_agent.delivery.update_protocol import PushBegin, chunk_count, push_topic
-from push_support import FRAME_INTERVAL_S, agent_config, events, predictions, push, push_cli, wait_serving
+from edge_agent.delivery.update_protocol import push_topic
+from push_support import (FRAME_INTERVAL_S, agent_config, events, predictions, push, push_cli, send_begin, send_end,
+                          wait_serving)
 
 INT8_SHA = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
 FLOAT_SHA = hashlib.sha256(DEMO_FLOAT_MODEL.read_bytes()).hexdigest()
@@ -31,6 +32,7 @@ def signed(tmp_path_factory):
     return {
         "folder": folder,
         "dev_pub": folder / "dev.pub",
+        "dev_key": folder / "dev.key",
         "dev": keys["dev"],
         "v1": make_bundle(folder / "v1.eab", DEMO_MODEL, keys["dev"], "1.0"),
         "v2": make_bundle(folder / "v2.eab", DEMO_FLOAT_MODEL, keys["dev"], "2.0"),
@@ -48,7 +50,7 @@ def test_push_swaps_between_two_frames_survives_a_restart_and_rolls_back(
     agent, config = start_agent(agent_process, tmp_path, session_broker, "swapper", signed, top='groups = ["kitchen"]')
     wait_serving(collector, "swapper", INT8_SHA, count=10)
 
-    result = push_cli(session_broker, signed["v2"], "--device", "swapper", "--json")
+    result = push_cli(session_broker, signed["v2"], "--device", "swapper", "--json", "--key", str(signed["dev_key"]))
     assert result.returncode == 0, result.stderr + agent.stderr
     assert "pushing digits 2.0 (" in result.stderr and "bytes, 3 chunk(s) of 64 KiB) to 1 device(s)" in result.stderr
     assert "swapper: sending 0/3" in result.stderr and "swapper: activated 3/3" in result.stderr
@@ -90,7 +92,8 @@ def test_push_swaps_between_two_frames_survives_a_restart_and_rolls_back(
 
     # rollback over MQTT
     result = subprocess.run([sys.executable, "-m", "edge_agent", "models", "rollback", "--device", "swapper",
-                             "--broker", session_broker.address], capture_output=True, text=True, cwd=REPO, timeout=60)
+                             "--broker", session_broker.address, "--key", str(signed["dev_key"])],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rolled back (requested)  digits 2.0  digits 1.0" in result.stdout
     assert wait_until(lambda: predictions(collector, "swapper")[-1]["model"]["sha256"] == INT8_SHA, 10)
@@ -113,7 +116,7 @@ def test_a_model_that_crashes_the_runtime_kills_only_the_selftest_child(
     agent, _ = start_agent(agent_process, tmp_path, session_broker, "crashy", signed, runtime="tflite-runtime")
     wait_serving(collector, "crashy", INT8_SHA)
     bundle = rebundle(tmp_path / "crash.eab", signed["v1"], crashing_model(), signed["dev"], "6.6.6")
-    (result,) = push(session_broker, bundle, ["crashy"])
+    (result,) = push(session_broker, bundle, ["crashy"], key=signed["dev"])
     assert result.result == "rejected"
     assert "the model crashed the interpreter (signal 11)" in result.reason
     wait_serving(collector, "crashy", INT8_SHA)
@@ -131,7 +134,7 @@ def test_a_model_that_fails_on_live_frames_is_rolled_back_during_probation(
     agent = agent_process("run", "--config", str(config))
     wait_serving(collector, "probe", FLOAT_SHA)
     bundle = rebundle(tmp_path / "contrast.eab", float_v1, contrast_lookup_model(), signed["dev"], "9.0")
-    (result,) = push(session_broker, bundle, ["probe"], watch_s=10)
+    (result,) = push(session_broker, bundle, ["probe"], key=signed["dev"], watch_s=10)
     assert result.result == "rolled back", result
     assert "gather index out of bounds" in result.reason
     assert (result.previous["version"], result.new["version"]) == ("1.0", "9.0")
@@ -160,7 +163,7 @@ def test_a_model_whose_invoke_stalls_is_rolled_back_before_the_watchdog_fires(
                               env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
         wait_serving(collector, "stall", FLOAT_SHA)
         bundle = rebundle(tmp_path / "slow.eab", float_v1, slow_on_contrast_model(2e7), signed["dev"], "7.0")
-        (result,) = push(session_broker, bundle, ["stall"], watch_s=15)
+        (result,) = push(session_broker, bundle, ["stall"], key=signed["dev"], watch_s=15)
         assert result.result == "rolled back", result
         assert "no inference for" in result.reason and "the limit during probation is 1 s" in result.reason
         wait_serving(collector, "stall", FLOAT_SHA, count=10)
@@ -178,7 +181,7 @@ def test_two_pushes_at_once_one_is_refused_clearly(tmp_path, session_broker, col
     wait_serving(collector, "twice", INT8_SHA)
     other = make_bundle(tmp_path / "v3.eab", DEMO_MODEL, signed["dev"], "3.0")
     results = {}
-    threads = [threading.Thread(target=lambda b=b: results.__setitem__(b.name, push(session_broker, b, ["twice"])[0]))
+    threads = [threading.Thread(target=lambda b=b: results.__setitem__(b.name, push(session_broker, b, ["twice"], key=signed["dev"])[0]))
                for b in (signed["v2"], other)]
     for thread in threads:
         thread.start()
@@ -194,7 +197,7 @@ def test_a_lost_chunk_is_asked_for_again_and_resent(tmp_path, session_broker, co
     collector = collect(session_broker, ["edge/lossy/#"])
     start_agent(agent_process, tmp_path, session_broker, "lossy", signed)
     wait_serving(collector, "lossy", INT8_SHA)
-    (result,) = push(session_broker, signed["v2"], ["lossy"], chunk_size=16 * 1024, skip_first=frozenset({3, 7}))
+    (result,) = push(session_broker, signed["v2"], ["lossy"], key=signed["dev"], chunk_size=16 * 1024, skip_first=frozenset({3, 7}))
     assert result.result == "activated", result
     missing = [e for e in events(collector, "lossy") if e["event"] == "missing"]
     assert [e["missing"] for e in missing] == [[3, 7]]
@@ -210,9 +213,7 @@ def test_a_transfer_goes_on_after_the_broker_restarts(tmp_path, broker, agent_pr
         wait_serving(collector, "blip", INT8_SHA)
         content = signed["v2"].read_bytes()
         chunk_size = 32 * 1024
-        begin = PushBegin("blip-1", "", len(content), hashlib.sha256(content).hexdigest(), chunk_size,
-                          chunk_count(len(content), chunk_size))
-        collector.client.publish(push_topic("edge", "blip", "blip-1", "begin"), begin.to_json(), qos=1)
+        begin = send_begin(collector.client, signed["dev"], "blip", "blip-1", content, chunk_size)
         assert wait_until(lambda: [e["event"] for e in events(collector, "blip")] == ["accepted"], 10)
         for index in range(3):
             chunk = content[index * chunk_size:(index + 1) * chunk_size]
@@ -226,7 +227,7 @@ def test_a_transfer_goes_on_after_the_broker_restarts(tmp_path, broker, agent_pr
         for index in range(3, begin.chunks):
             chunk = content[index * chunk_size:(index + 1) * chunk_size]
             collector.client.publish(push_topic("edge", "blip", "blip-1", f"chunk/{index}"), chunk, qos=1)
-        collector.client.publish(push_topic("edge", "blip", "blip-1", "end"), '{"transfer_id": "blip-1"}', qos=1)
+        send_end(collector.client, signed["dev"], "blip", "blip-1")
         assert wait_until(lambda: any(e["event"] == "activated" for e in events(collector, "blip")), 20), \
             events(collector, "blip")
         wait_serving(collector, "blip", FLOAT_SHA)
@@ -240,12 +241,12 @@ def test_a_broker_with_a_small_message_limit_needs_smaller_chunks_and_says_so(tm
     try:
         start_agent(agent_process, tmp_path, broker, "small", signed)
         wait_serving(collector, "small", INT8_SHA)
-        (result,) = push(broker, signed["v2"], ["small"], timeout_s=30)
+        (result,) = push(broker, signed["v2"], ["small"], key=signed["dev"], timeout_s=30)
         assert result.result == "rejected" and "the broker closed the connection 3 times" in result.reason, result
         assert "push again with a smaller --chunk-kb" in result.reason and result.seconds < 15
         assert wait_until(lambda: any("aborted by the pusher: the broker closed" in e["reason"]
                                       for e in events(collector, "small")), 5), "the board was told at once"
-        (result,) = push(broker, signed["v2"], ["small"], chunk_size=16 * 1024)
+        (result,) = push(broker, signed["v2"], ["small"], key=signed["dev"], chunk_size=16 * 1024)
         assert result.result == "activated", result
         wait_serving(collector, "small", FLOAT_SHA)
     finally:
@@ -260,9 +261,9 @@ def test_the_one_line_trial_verifies_pushes_with_trusted_key(tmp_path, session_b
                   "--state-dir", str(tmp_path / "state"), "--trusted-key", str(signed["dev_pub"]))
     wait_serving(collector, "trial", INT8_SHA)
     unsigned = make_bundle(tmp_path / "unsigned.eab", DEMO_FLOAT_MODEL, None, "2.0")
-    (result,) = push(session_broker, unsigned, ["trial"])
+    (result,) = push(session_broker, unsigned, ["trial"], key=signed["dev"])
     assert result.result == "rejected" and "is not signed" in result.reason
-    (result,) = push(session_broker, signed["v2"], ["trial"])
+    (result,) = push(session_broker, signed["v2"], ["trial"], key=signed["dev"])
     assert result.result == "activated", result
     wait_serving(collector, "trial", FLOAT_SHA)
 
@@ -270,7 +271,7 @@ def test_the_one_line_trial_verifies_pushes_with_trusted_key(tmp_path, session_b
 def test_a_device_that_does_not_answer_is_reported_as_such(session_broker, signed):
     from edge_agent.host.push import format_results
 
-    (result,) = push(session_broker, signed["v2"], ["ghost"], answer_timeout_s=0.5)
+    (result,) = push(session_broker, signed["v2"], ["ghost"], key=signed["dev"], answer_timeout_s=0.5)
     assert result.result == "no answer" and "no answer to begin within 0.5 s" in result.reason
     table = format_results([result])
     assert table.splitlines()[0].split() == ["device", "result", "previous", "new", "seconds"]

@@ -4,6 +4,7 @@ under RLIMIT_FSIZE (writes past the limit fail with EFBIG, as on a full disk).""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,8 +17,9 @@ import pytest
 
 from support import DEMO_MODEL, MODELS, REPO, AgentProcess, Collector, wait_until
 from crafted_models import make_bundle, make_keys, random_bytes, rebundle, tamper_manifest
-from edge_agent.delivery.update_protocol import PushBegin, chunk_count, push_topic
-from push_support import agent_config, events, push, wait_serving
+from edge_agent.delivery.update_protocol import PushBegin, push_topic
+from edge_agent.delivery.update_protocol import describe_bundle as describe
+from push_support import agent_config, events, push, send_begin, send_end, signed_payload, wait_serving
 
 INT8_SHA = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
 DEVICE = "guard"
@@ -30,7 +32,7 @@ def board(tmp_path_factory, session_broker):
     keys = make_keys(folder, "dev", "other")
     v1 = make_bundle(folder / "v1.eab", DEMO_MODEL, keys["dev"], "1.0")
     config = agent_config(folder / "guard.toml", session_broker, DEVICE, v1, [folder / "dev.pub"],
-                          models="max_mb = 0.1\ntransfer_timeout_s = 1.5")
+                          models="max_mb = 0.1\ntransfer_timeout_s = 1.5\nmax_begins_per_minute = 600")
     collector = Collector(session_broker, [f"edge/{DEVICE}/#"])
     agent = AgentProcess(["run", "--config", str(config)], folder)
     try:
@@ -60,26 +62,44 @@ def send(board, transfer_id: str, part: str, payload: str | bytes) -> None:
 
 
 def begin(board, transfer_id: str, content: bytes, chunk_size: int = 64 * 1024, sha256: str = "") -> PushBegin:
-    message = PushBegin(transfer_id, "", len(content), sha256 or hashlib.sha256(content).hexdigest(), chunk_size,
-                        chunk_count(len(content), chunk_size))
-    send(board, transfer_id, "begin", message.to_json())
+    """A begin signed with the trusted key, as the pusher sends it (`sha256` overrides the whole file's hash)."""
+    key = board["keys"]["dev"]
+    if sha256:
+        message = dataclasses.replace(describe(transfer_id, content, chunk_size), sha256=sha256)
+        send(board, transfer_id, "begin", signed_payload(key, "begin", DEVICE, transfer_id, message.to_params()))
+    else:
+        message = send_begin(board["collector"].client, key, DEVICE, transfer_id, content, chunk_size)
     assert wait_until(lambda: any(e.get("transfer_id") == transfer_id for e in events(board["collector"], DEVICE)), 10)
     return message
 
 
-def test_a_chunk_with_a_wrong_index_is_refused(board):
-    content = board["v1"].read_bytes()
-    begin(board, "bad-index", content)
-    send(board, "bad-index", "chunk/5", content)
-    assert "chunk 5 is out of range: transfer bad-index has 1 chunks" in rejection(board, "bad-index")["reason"]
-    still_serving(board)
+def end(board, transfer_id: str) -> None:
+    send_end(board["collector"].client, board["keys"]["dev"], DEVICE, transfer_id)
 
 
-def test_a_chunk_with_a_wrong_size_is_refused(board):
-    content = board["v1"].read_bytes()
-    begin(board, "bad-size", content)
-    send(board, "bad-size", "chunk/0", content[:1000])
-    assert f"chunk 0 holds 1000 bytes; it must hold {len(content)}" in rejection(board, "bad-size")["reason"]
+def answers(board, transfer_id: str) -> list[str]:
+    return [e["event"] for e in events(board["collector"], DEVICE) if e.get("transfer_id") == transfer_id]
+
+
+def test_chunks_with_a_wrong_index_size_or_content_are_dropped_and_the_transfer_goes_on(board):
+    """Anyone on the broker can publish under a transfer's topics: a chunk that is not one the signed
+    begin listed (index out of range, wrong size, other bytes) is dropped, and the real pusher's
+    transfer completes. (Before, one stray chunk failed someone else's transfer.)"""
+    content = make_bundle(board["folder"] / "v1.0.1.eab", DEMO_MODEL, board["keys"]["dev"], "1.0.1").read_bytes()
+    begin(board, "strays", content)
+    send(board, "strays", "chunk/5", content)
+    send(board, "strays", "chunk/0", content[:1000])
+    send(board, "strays", "chunk/0", bytes(len(content)))
+    end(board, "strays")
+    assert wait_until(lambda: "missing" in answers(board, "strays"), 10), answers(board, "strays")
+    missing = next(e for e in events(board["collector"], DEVICE) if e.get("transfer_id") == "strays"
+                   and e["event"] == "missing")
+    assert missing["missing"] == [0], "none of the stray chunks was taken for chunk 0"
+    send(board, "strays", "chunk/0", content)
+    end(board, "strays")
+    assert wait_until(lambda: "activated" in answers(board, "strays"), 30), answers(board, "strays")
+    assert "rejected" not in answers(board, "strays")
+    assert "dropped a chunk that is not the transfer's" in board["agent"].stderr
     still_serving(board)
 
 
@@ -96,7 +116,7 @@ def test_a_sha256_mismatch_is_refused(board):
     content = board["v1"].read_bytes()
     begin(board, "bad-hash", content, sha256=hashlib.sha256(b"something else").hexdigest())
     send(board, "bad-hash", "chunk/0", content)
-    send(board, "bad-hash", "end", json.dumps({"transfer_id": "bad-hash"}))
+    end(board, "bad-hash")
     assert "the SHA-256 of the received bytes is" in rejection(board, "bad-hash")["reason"]
     still_serving(board)
 
@@ -130,7 +150,7 @@ BAD_BUNDLES = {
 def test_a_bad_bundle_is_refused_and_the_running_model_keeps_serving(board, case):
     make, expected = BAD_BUNDLES[case]
     bundle = make(board, board["folder"] / f"{case.replace(' ', '-')}.eab")
-    (result,) = push(board["broker"], bundle, [DEVICE])
+    (result,) = push(board["broker"], bundle, [DEVICE], key=board["keys"]["dev"])
     assert result.result == "rejected", result
     assert expected in result.reason, result.reason
     still_serving(board)
@@ -150,6 +170,9 @@ def test_a_payload_that_is_not_json_is_refused_with_the_reason(board, topic):
     assert wait_until(lambda: len(events(collector, DEVICE)) > seen, 10)
     event = events(collector, DEVICE)[seen]
     assert event["event"] == "rejected" and f"the {topic} payload is not JSON" in event["reason"], event
+    assert "transfer_id" not in event, "a garbled request cannot end (or answer for) the transfer it names"
+    if topic == "end":  # the transfer went on: only its own timeout ends it
+        assert "timed out" in rejection(board, "garbled-end")["reason"]
     still_serving(board)
 
 
@@ -169,7 +192,7 @@ def test_a_disk_that_fills_up_during_the_transfer(tmp_path, session_broker, coll
                                    stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit_file_size)
     try:
         wait_serving(collector, "full", INT8_SHA)
-        (result,) = push(session_broker, v2, ["full"], chunk_size=32 * 1024)
+        (result,) = push(session_broker, v2, ["full"], key=keys["dev"], chunk_size=32 * 1024)
         assert result.result == "rejected", result
         assert "the file system refused to grow" in result.reason and "File too large" in result.reason
         wait_serving(collector, "full", INT8_SHA)

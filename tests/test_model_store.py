@@ -3,6 +3,7 @@ parsers, the config keys, the probation verdict, reload rules, and how the agent
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -23,6 +24,7 @@ from edge_agent.delivery.update_protocol import (
     parse_json_object,
     parse_models_topic,
 )
+from edge_agent.delivery.update_protocol import describe_bundle
 from edge_agent.service.agent import Agent
 from edge_agent.service.probation import DEFAULT_STALL_LIMIT_S, probation_failure, stall_limit_s
 from edge_agent.service.reload import plan_reload
@@ -54,11 +56,13 @@ def test_the_store_keeps_the_newest_n_and_never_the_active_or_rollback_target(tm
     given_up, restored = store.rollback()
     assert (given_up.version, restored.version) == ("4", "3")
     assert [m.version for m in store.history()] == ["3", "2"]
-    assert not store.path(given_up).exists()
+    assert store.path(given_up).exists(), "a rollback keeps the model it leaves (retired) until keep evicts it"
+    assert [m.version for m in store.retired()] == ["4"]
     store.rollback()
     with pytest.raises(StoreError, match="nothing to roll back to"):
         store.rollback()
     assert [m.version for m in store.history()] == ["2"] and store.path(models[2]).exists()
+    assert [m.version for m in store.retired()] == ["3", "4"] and all(store.path(m).exists() for m in models[3:])
 
     store = ModelStore(tmp_path / "models" / "tight", keep=1)  # keep = 1 still keeps the rollback target
     store.begin_history("/m", entry(store, b"a" * 10, "a"))
@@ -67,6 +71,11 @@ def test_the_store_keeps_the_newest_n_and_never_the_active_or_rollback_target(tm
     assert [m.version for m in store.history()] == ["c", "b"]
     assert list_stores(tmp_path)["cam"][0].version == "2"
     assert not list(tmp_path.rglob(".*.tmp")), "no temporary file is left behind"
+
+    store = ModelStore(tmp_path / "models" / "cam", keep=3)
+    store.activate(entry(store, bytes([9]) * 100, "9"), "/etc/model.tflite")  # the oldest retired model makes room
+    assert [m.version for m in store.history()] == ["9", "2"] and [m.version for m in store.retired()] == ["3"]
+    assert not store.path(models[4]).exists() and store.path(models[3]).exists()
 
 
 def test_a_power_cut_before_the_record_leaves_the_old_model_active(tmp_path):
@@ -96,8 +105,7 @@ def test_a_damaged_record_is_reported_with_its_path(tmp_path):
 # ---------------------------------------------------------------------------- transfers
 
 def make_begin(content: bytes, chunk_size: int = 1024, transfer_id: str = "t1") -> PushBegin:
-    return PushBegin(transfer_id, "", len(content), hashlib.sha256(content).hexdigest(), chunk_size,
-                     chunk_count(len(content), chunk_size))
+    return describe_bundle(transfer_id, content, chunk_size)
 
 
 def test_chunks_in_any_order_and_twice_reassemble_the_bundle(tmp_path):
@@ -122,7 +130,7 @@ def test_bad_chunks_and_hashes_are_transfer_errors_and_leave_nothing(tmp_path):
     transfer.discard()
     assert list(folder.iterdir()) == []
 
-    wrong = PushBegin("t2", "", 3000, hashlib.sha256(b"other").hexdigest(), 1024, 3)
+    wrong = dataclasses.replace(make_begin(content, transfer_id="t2"), sha256=hashlib.sha256(b"other").hexdigest())
     transfer = Transfer(wrong, folder, 1 << 20)
     for index in range(3):
         transfer.write_chunk(index, content[index * 1024:(index + 1) * 1024])
@@ -237,7 +245,7 @@ threshold = 0.4
 mean = [1, 2, 3]
 """))
     pipeline = config.pipelines[1]
-    request = json.loads(json.dumps(selftest_request(config, "cam", "m.eab", "", (), True), default=str))
+    request = json.loads(json.dumps(selftest_request(config, "cam", "m.eab", 1000, 10), default=str))
     assert pipeline_from_request(request) == pipeline
     assert pipeline.source.uri == str(tmp_path / "videos/in.mp4")  # relative paths as the agent resolved them
 
