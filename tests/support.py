@@ -80,7 +80,7 @@ class Broker:
     """A real mosquitto process on 127.0.0.1:port that tests can stop and start again."""
 
     def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False, password_file: Path | None = None,
-                 extra_config: tuple[str, ...] = ()):
+                 extra_config: tuple[str, ...] = (), own_config: str = ""):
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.fail("mosquitto is not installed: `make test` installs it with apt-get")
@@ -90,10 +90,14 @@ class Broker:
         self.persistence = persistence
         self.password_file = password_file  # a mosquitto_passwd file: then anonymous clients are refused
         self.extra_config = extra_config  # more mosquitto.conf lines, e.g. "max_packet_size 20000"
+        self.own_config = own_config  # a whole mosquitto.conf with its own listener on self.port (TLS, ACL)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
         conf = self.workdir / "mosquitto.conf"
+        if self.own_config:
+            conf.write_text("user root\n" + self.own_config)
+            return self._launch(conf)
         lines = [f"listener {self.port} 127.0.0.1", "user root"]
         if self.password_file:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
@@ -103,6 +107,9 @@ class Broker:
             lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
         lines += list(self.extra_config)
         conf.write_text("\n".join(lines) + "\n")
+        return self._launch(conf)
+
+    def _launch(self, conf: Path) -> "Broker":
         self.log = open(self.workdir / "mosquitto.log", "ab")
         self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self.log, stderr=self.log)
         if not wait_until(self._listening, 10):
