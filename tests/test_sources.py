@@ -301,6 +301,15 @@ def test_detect_kind_recognises_every_kind(tmp_path):
         ("rtsp://admin:p@ss:w0rd@10.0.0.5/live", "ss:w0rd", "rtsp://admin:***@10.0.0.5/live"),
         ("http://cam.local/video.cgi?user=admin&pwd=secret&res=1", "secret", "http://cam.local/video.cgi?user=admin&pwd=***&res=1"),
         ("http://cam.local/mjpg?password=secret", "secret", "http://cam.local/mjpg?password=***"),
+        ("rtsp://cam.local/live?token=tok3n&ch=1", "tok3n", "rtsp://cam.local/live?token=***&ch=1"),
+        ("https://cdn.example/s.m3u8?access_token=abc.def&auth=xyz", "abc.def",
+         "https://cdn.example/s.m3u8?access_token=***&auth=***"),
+        ("rtspsrc location=rtsp://cam/live user-id=bob user-pw=hunter2 ! decodebin ! appsink", "hunter2",
+         "rtspsrc location=rtsp://cam/live user-id=bob user-pw=*** ! decodebin ! appsink"),
+        ('souphttpsrc location=http://cam/x proxy-pw="two words" ! jpegdec ! appsink', "two words",
+         "souphttpsrc location=http://cam/x proxy-pw=*** ! jpegdec ! appsink"),
+        ("rtspsrc location=rtsp://cam/x passwd=s3cr3t!decodebin ! appsink", "s3cr3t",
+         "rtspsrc location=rtsp://cam/x passwd=***!decodebin ! appsink"),
     ],
 )
 def test_redact_url_hides_passwords(uri, secret, expected):
@@ -309,7 +318,8 @@ def test_redact_url_hides_passwords(uri, secret, expected):
 
 
 @pytest.mark.parametrize(
-    "uri", ["rtsp://admin@10.0.0.5/live", "http://cam.local:8080/video.mjpg", "/dev/video0", "clip.mp4", "0"]
+    "uri", ["rtsp://admin@10.0.0.5/live", "http://cam.local:8080/video.mjpg", "/dev/video0", "clip.mp4", "0",
+            "v4l2src device=/dev/video0 ! x264enc key-int-max=30 ! appsink", "http://cam/keyframes.mjpg?monkey=1"]
 )
 def test_redact_url_leaves_uris_without_a_password_alone(uri):
     assert redact_url(uri) == uri

@@ -13,8 +13,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 # FFmpeg splits user:password@host at the LAST "@" of the authority, so a raw "@" in a password
 # works for the camera; redact up to that same "@" or part of the password would reach the logs.
 _USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*@")
-# Many HTTP cameras take credentials as query parameters (…/video.cgi?user=admin&pwd=secret).
-_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pass|pwd)=)[^&;#]*", re.IGNORECASE)
+# Secrets by name: query parameters of HTTP cameras and streaming services (…/video.cgi?pwd=secret,
+# …?token=…, …?access_token=…) and properties of GStreamer elements (rtspsrc user-pw=…, proxy-pw=…).
+_SECRET_NAMES = (r"password|passwd|pass|pwd|passphrase|token|access_token|refresh_token|id_token|auth|"
+                 r"authorization|auth_token|api_key|apikey|key|secret|client_secret|sig|signature|"
+                 r"user-pw|user_pw|proxy-pw|proxy_pw|credentials?")
+_QUERY_PASSWORD = re.compile(rf"([?&;](?:{_SECRET_NAMES})=)[^&;#\s]*", re.IGNORECASE)
+# GStreamer: NAME=value, NAME="quoted value" or NAME='quoted', up to the next space or '!'
+_PROPERTY_SECRET = re.compile(rf"(?<![\w./?&;-])((?:{_SECRET_NAMES})\s*=\s*)(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s!]+)",
+                              re.IGNORECASE)
 
 
 class SourceError(EdgeAgentError, RuntimeError):
@@ -51,6 +58,9 @@ def picamera_index(uri: str) -> int:
 
 
 def redact_url(uri: str) -> str:
-    """The URI with any password removed, for logs (rtsp://user:secret@cam → rtsp://user:***@cam)."""
+    """The source with every secret removed, for logs and the state topic: passwords in the authority
+    (rtsp://user:secret@cam → rtsp://user:***@cam), secret query parameters (?token=…, &pwd=…) and
+    secret GStreamer properties (user-pw=…, proxy-pw=…)."""
     uri = _USERINFO_PASSWORD.sub(r"\1***@", uri)
-    return _QUERY_PASSWORD.sub(r"\1***", uri)
+    uri = _QUERY_PASSWORD.sub(r"\1***", uri)
+    return _PROPERTY_SECRET.sub(r"\1***", uri)
