@@ -209,6 +209,10 @@ def read_bundle_model(header: BundleHeader, max_model_bytes: int = DEFAULT_MAX_M
                 model = decrypt_blocks(blocks, content_key, encryption, manifest.model_sha256, source)
             except (ArchiveError, EncryptionError) as err:
                 raise BundleError(str(err)) from None
+            except EncryptionError:
+                # the whole ciphertext went through the hash: a mismatch with the signed manifest says more
+                _check_digest(digest.hexdigest(), expected_sha, info.file_size, expected_size, source, "encrypted model")
+                raise
             _check_digest(digest.hexdigest(), expected_sha, len(model) + 16, expected_size, source, "encrypted model")
             _check_digest(hashlib.sha256(model).hexdigest(), manifest.model_sha256, len(model),
                           manifest.model_size_bytes, source, "model")
