@@ -13,6 +13,8 @@ converter itself uses):
   int((max - min) * n) + base before answering: with base 0 instant on flat frames (so it passes
   its self-test), seconds per invoke on a real digit frame (a stall probation must catch); with
   n = 0 a model of fixed cost (e.g. a few ms, so the pipeline runs its three-thread mode).
+- `bomb_bundle(...)`: a zip bomb as an attacker writes it by hand (`raw_zip`): a deflate stream of
+  1.5 GiB of zeros (`deflated_zeros`, about 1.5 MB) as model.tflite, declaring whatever size it likes.
 - `crashing_model()`: the demo model with the RESHAPE's second input (its shape tensor) marked as
   omitted (-1, which some operators' optional inputs legitimately are). The flatbuffer is whole and
   every index is in range, so edge_agent.runtime.tflite_verify passes it, but both LiteRT 2.3 and
@@ -31,6 +33,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import flatbuffers
@@ -84,6 +87,49 @@ def tamper_manifest(path: Path, old: bytes, new: bytes) -> Path:
         for member, data in members.items():
             archive.writestr(member, data)
     path.write_bytes(buffer.getvalue())
+    return path
+
+
+MB = 1 << 20
+
+
+def deflated_zeros(size: int) -> tuple[bytes, int]:
+    """A raw deflate stream of `size` zero bytes (about size / 1000 bytes), and their CRC-32. One MiB of
+    zeros is compressed once, with a full flush so the next copy does not refer back to it; the copies
+    and a final empty block make the stream."""
+    block = bytes(MB)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(size // MB):
+        crc = zlib.crc32(block, crc)
+    return segment * (size // MB) + zlib.compressobj(9, zlib.DEFLATED, -15).flush(), crc
+
+
+def raw_zip(entries: list[tuple[str, bytes, int, int, int]]) -> bytes:
+    """A zip archive written by hand from (name, stored data, method, crc, declared uncompressed size): what
+    an attacker can write, not what zipfile would."""
+    local, central = bytearray(), bytearray()
+    for name, data, method, crc, size in entries:
+        encoded = name.encode()
+        offset = len(local)
+        local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size,
+                             len(encoded), 0) + encoded + data
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data),
+                               size, len(encoded), 0, 0, 0, 0, 0o644 << 16, offset) + encoded
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    return bytes(local + central + end)
+
+
+def bomb_bundle(path: Path, template: Path, stream: tuple[bytes, int], declared_bytes: int) -> Path:
+    """The template's manifest (unsigned, as an attacker would send it) around a deflated model.tflite of
+    1.5 GiB of zeros (about 1.5 MB); member and manifest declare `declared_bytes`."""
+    manifest = dataclasses.replace(read_bundle(template).manifest, model_size_bytes=declared_bytes,
+                                   model_sha256=hashlib.sha256(b"not the bomb").hexdigest())
+    manifest_bytes = manifest_to_bytes(manifest)
+    data, crc = stream
+    path.write_bytes(raw_zip([("manifest.json", manifest_bytes, 0, zlib.crc32(manifest_bytes), len(manifest_bytes)),
+                              ("model.tflite", data, 8, crc, declared_bytes)]))
     return path
 
 

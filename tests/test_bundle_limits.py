@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support import DEMO_MODEL
-from crafted_models import make_bundle, make_keys
+from crafted_models import MB, bomb_bundle, deflated_zeros, make_bundle, make_keys
 from edge_agent.cli import main
 from edge_agent.delivery.bundle import (
     BundleError,
@@ -35,54 +35,13 @@ from edge_agent.delivery.manifest import manifest_to_bytes
 from edge_agent.host.bundling import BundleRequest, create_bundle_bytes
 from edge_agent.service.model_source import open_model
 
-BOMB_BYTES = 1536 << 20  # 1.5 GiB of zeros
-MB = 1 << 20
+BOMB_BYTES = 1536 * MB  # 1.5 GiB of zeros
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     status = main([str(a) for a in args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
-
-
-def deflated_zeros(size: int) -> tuple[bytes, int]:
-    """A raw deflate stream of `size` zero bytes (about size / 1000 bytes), and their CRC-32. One MiB of
-    zeros is compressed once, with a full flush so the next copy does not refer back to it; the copies
-    and a final empty block make the stream."""
-    block = bytes(MB)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    segment = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
-    crc = 0
-    for _ in range(size // MB):
-        crc = zlib.crc32(block, crc)
-    return segment * (size // MB) + zlib.compressobj(9, zlib.DEFLATED, -15).flush(), crc
-
-
-def raw_zip(entries: list[tuple[str, bytes, int, int, int]]) -> bytes:
-    """A zip archive written by hand from (name, stored data, method, crc, declared uncompressed size): what
-    an attacker can write, not what zipfile would."""
-    local, central = bytearray(), bytearray()
-    for name, data, method, crc, size in entries:
-        encoded = name.encode()
-        offset = len(local)
-        local += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size,
-                             len(encoded), 0) + encoded + data
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data),
-                               size, len(encoded), 0, 0, 0, 0, 0o644 << 16, offset) + encoded
-    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(local), 0)
-    return bytes(local + central + end)
-
-
-def bomb_bundle(path: Path, template: Path, stream: tuple[bytes, int], declared_bytes: int) -> Path:
-    """The template's manifest (unsigned, as an attacker would send it) around a deflated model.tflite of
-    1.5 GiB of zeros (about 1.5 MB); member and manifest declare `declared_bytes`."""
-    manifest = dataclasses.replace(read_bundle(template).manifest, model_size_bytes=declared_bytes,
-                                   model_sha256=hashlib.sha256(b"not the bomb").hexdigest())
-    manifest_bytes = manifest_to_bytes(manifest)
-    data, crc = stream
-    path.write_bytes(raw_zip([("manifest.json", manifest_bytes, 0, zlib.crc32(manifest_bytes), len(manifest_bytes)),
-                              ("model.tflite", data, 8, crc, declared_bytes)]))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ a lost chunk; a broker that restarts in the middle of a transfer; the one-line t
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 import json
 import signal
 import subprocess
@@ -278,3 +280,53 @@ def test_a_device_that_does_not_answer_is_reported_as_such(session_broker, signe
     assert "ghost   no answer: no answer to begin within 0.5 s (is the agent running, conne…  -         -        0.5" in table
     assert table.splitlines()[-2] == "0 of 1 device(s) activated"
     assert table.splitlines()[-1] == f"ghost: {result.reason}", "the whole reason follows the table"
+
+
+def test_a_push_carries_on_when_the_broker_restarts_mid_transfer_and_mid_install(tmp_path, broker, agent_process,
+                                                                                  signed):
+    """The issue's defects: `edge-agent push` died with "The client is not currently connected" when the broker
+    restarted mid-push (leaving the board busy), and in another run waited at "verifying" while the board had
+    activated. Here mosquitto restarts twice during one real Pusher run: while chunks are in flight and while
+    the board installs; the push ends `activated`, and the board serves the new model."""
+    from edge_agent.host.fleet import BrokerAddress
+    from edge_agent.host.push import Pusher, PushOptions
+
+    broker.start()
+    collector = Collector(broker, ["edge/restarts/#"])
+    start_agent(agent_process, tmp_path, broker, "restarts", signed, spool=False)
+    wait_serving(collector, "restarts", INT8_SHA)
+    collector.stop()
+    options = PushOptions(BrokerAddress(broker.host, broker.port), key=signed["dev"], chunk_size=4096, window=1,
+                          timeout_s=120)
+    pusher = Pusher(signed["v2"].read_bytes(), ["restarts"], options, name="v2.eab")
+    target = pusher.targets["restarts"]
+    results: list = []
+    failures: list = []
+
+    def run() -> None:
+        try:
+            results.extend(pusher.run())
+        except Exception as err:  # the test reports it below
+            failures.append(err)
+
+    thread = threading.Thread(target=run, name="pusher")
+    started = time.monotonic()
+    thread.start()
+    assert wait_until(lambda: len(target.acked) >= 10, 30), target.state
+    broker.stop()
+    broker.start()
+    assert wait_until(lambda: target.state in ("installing", "done"), 60), (target.state, len(target.acked))
+    restarted_while_installing = target.state == "installing"
+    broker.stop()
+    broker.start()
+    thread.join(120)
+    assert not failures, failures
+    (result,) = results
+    assert result.result == "activated", result
+    print(f"push through two broker restarts: {time.monotonic() - started:.1f} s "
+          f"(second restart during the install: {restarted_while_installing})")
+    collector = Collector(broker, ["edge/restarts/#"])
+    try:
+        wait_serving(collector, "restarts", FLOAT_SHA)
+    finally:
+        collector.stop()

@@ -208,7 +208,8 @@ def check_config_command(args: argparse.Namespace) -> int:
     problems = []
     for pipeline in config.pipelines:
         try:  # a bundle is verified against trusted_keys here exactly as the agent will do it
-            model = open_model(pipeline.model, config.trusted_keys, config.allow_unsigned_models).model_file
+            model = open_model(pipeline.model, config.trusted_keys, config.allow_unsigned_models,
+                               device_key=config.models.device_key).model_file
         except (ModelFileError, BundleError, SigningKeyError) as err:
             problems.append(f"pipelines.{pipeline.name}.model: {err}")
             continue

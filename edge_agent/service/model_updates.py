@@ -50,7 +50,7 @@ REMEMBERED_IDS = 256  # finished transfers and requests whose final answer is re
 MAX_MISSING_LISTED = 1000
 INBOX_MESSAGES = 512  # requests waiting for the worker; beyond this (a flood) they are dropped and counted
 INBOX_BYTES = 64 * 1024 * 1024
-PREEMPT_IDLE_S = 15.0  # a transfer without progress for this long may be taken over by a signed push
+PREEMPT_IDLE_S = 15.0  # a transfer without progress this long (or a quarter of the timeout) may be taken over
 REFUSAL_EVENTS_PER_MINUTE = 30  # answers to requests that were refused before being authenticated
 MAX_REASON_CHARS = 1000
 
@@ -230,7 +230,7 @@ class ModelUpdates:
         if transfer is None or not request.signed_by:
             return
         idle_s = transfer.idle_s()
-        if transfer.signed and idle_s < PREEMPT_IDLE_S:
+        if transfer.signed and idle_s < min(PREEMPT_IDLE_S, self.settings.transfer_timeout_s / 4):
             return
         why = "it is unsigned" if not transfer.signed else f"it made no progress for {idle_s:.0f} s"
         logger.warning("model transfer %s given up for the signed transfer %s (%s)", transfer.transfer_id,
