@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from support import DEMO_FLOAT_MODEL, DEMO_MODEL, AgentProcess, Collector, wait_until
+from support import DEMO_FLOAT_MODEL, DEMO_MODEL, REPO, AgentProcess, Collector, wait_until
 from crafted_models import MB, bomb_bundle, deflated_zeros, make_bundle, make_keys
 from edge_agent.delivery.signed_request import sign_request
 from edge_agent.delivery.update_protocol import describe_bundle, push_topic
@@ -126,6 +128,12 @@ def test_rollback_by_anyone_replayed_or_stale_is_refused_and_a_real_one_keeps_th
     assert "does not match this request" in reasons["elsewhere-1"]["reason"]
     unaffected(board, FLOAT_SHA)
     assert all(p["model"]["sha256"] == FLOAT_SHA for p in predictions(board["collector"], DEVICE)[before:])
+    # the tool without --key is told why at once (the refusal names its request id only as claimed)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "edge_agent", "models", "rollback", "--device", DEVICE,
+                             "--broker", board["broker"].address], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 1 and "rejected: the rollback request is not signed" in result.stdout, result.stdout
+    assert time.monotonic() - started < 15
 
     # the owner's rollback works; replaying its exact message later changes nothing
     real = sign_request(dev, "rollback", DEVICE, "owner-1", {"request_id": "owner-1", "pipeline": ""})

@@ -224,3 +224,11 @@ def test_the_commands_make_and_show_encrypted_bundles(made, boards, capsys, tmp_
     assert status == 0, err
     assert open_model(str(signed_again), (str(made["folder"] / "other.pub"),), False,
                       device_key=str(boards / "garage.key")).model_file.content == DEMO_MODEL.read_bytes()
+
+
+def test_a_device_key_can_come_from_a_systemd_credential(boards, monkeypatch):
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(boards))
+    assert load_device_private_key("credential:kitchen.key").key_id == load_device_public_key(boards / "kitchen.pub").key_id
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(DeviceKeyError, match="CREDENTIALS_DIRECTORY is not set"):
+        load_device_private_key("credential:kitchen.key")

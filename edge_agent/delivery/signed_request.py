@@ -31,10 +31,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.delivery.keys import PrivateKey, PublicKey
 from edge_agent.delivery.request_limits import ProtocolError, clip
+
+if TYPE_CHECKING:  # the keys come loaded: a board without trusted keys never imports `cryptography`
+    from edge_agent.delivery.keys import PrivateKey, PublicKey
 
 REQUEST_FORMAT = b"edge-agent-request/1\n"
 AUTH_FIELD = "auth"

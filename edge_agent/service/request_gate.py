@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.delivery.keys import PublicKey
 from edge_agent.delivery.request_limits import DEFAULT_JSON_BYTES, ProtocolError, RateWindow, parse_json_object
 from edge_agent.delivery.signed_request import ReplayGuard, RequestAuthError, split_request, verify_request
 from edge_agent.delivery.update_protocol import MAX_BEGIN_BYTES, is_valid_id, parse_models_topic
+
+if TYPE_CHECKING:  # keys come loaded: a board without trusted keys never imports `cryptography`
+    from edge_agent.delivery.keys import PublicKey
 
 SIGNED, OPEN, CLOSED = "signed", "open", "closed"
 
