@@ -3,7 +3,8 @@
 Anyone who can publish on the broker can send a board anything, so every request is parsed
 under hard limits and nothing from it reaches a log line or an event unbounded:
 
-  - JSON: a size cap per payload, nesting at most MAX_JSON_DEPTH deep, numbers of at most
+  - JSON: a size cap per payload, at most MAX_JSON_CONTAINERS brackets (counted before parsing,
+    so the parser's recursion stays shallow), nesting at most MAX_JSON_DEPTH deep, numbers of at most
     MAX_NUMBER_DIGITS characters (Python would otherwise spend time on, or refuse with an
     unrelated error, an integer of thousands of digits), no NaN or Infinity, no duplicate keys;
   - text echoed back (`clip`): non-printable characters escaped, at most MAX_ECHO_CHARS long;
@@ -24,6 +25,7 @@ from typing import Any
 from edge_agent.errors import InputError
 
 MAX_JSON_DEPTH = 6
+MAX_JSON_CONTAINERS = 256  # '[' and '{' in a payload: bounds the parser's recursion whatever the recursion limit
 MAX_NUMBER_DIGITS = 20  # a signed 64-bit integer has at most 19 digits and a sign
 MAX_ECHO_CHARS = 160
 LOG_INTERVAL_S = 60.0
@@ -69,6 +71,10 @@ def parse_json_object(payload: bytes, what: str, max_bytes: int = DEFAULT_JSON_B
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"the {what} payload is not JSON (not UTF-8): send a JSON object") from None
+    containers = payload.count(b"[") + payload.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise ProtocolError(f"the {what} payload is nested too deeply or holds too many lists and objects "
+                            f"({containers:,} brackets; at most {MAX_JSON_DEPTH} levels and {MAX_JSON_CONTAINERS} brackets)")
     try:
         value = json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float,
                            parse_constant=_no_constant, object_pairs_hook=_unique_keys)

@@ -25,6 +25,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from edge_agent.errors import InputError
+
 MAX_ENTRIES = 8
 MAX_CENTRAL_DIRECTORY_BYTES = 64 * 1024
 READ_BLOCK_BYTES = 1 << 20
@@ -36,7 +38,7 @@ _MAX_COMMENT_BYTES = 0xFFFF
 COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError, ValueError):
     """The archive or one of its members cannot be read within the bounds; str(err) says why and what to do."""
 
 

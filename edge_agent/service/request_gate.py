@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.delivery.request_limits import DEFAULT_JSON_BYTES, ProtocolError, RateWindow, parse_json_object
 from edge_agent.delivery.signed_request import ReplayGuard, RequestAuthError, split_request, verify_request
 from edge_agent.delivery.update_protocol import MAX_BEGIN_BYTES, is_valid_id, parse_models_topic
@@ -49,7 +50,7 @@ class Request:
         return self.transfer_id or self.request_id
 
 
-class Refusal(Exception):
+class Refusal(EdgeAgentError):
     """A message the board does not act on. `kind` groups refusals for rate-limited logging; `claimed_id`
     is the id the message claimed (shown, never trusted); `silent` ones get no answer (replays,
     duplicates: the original was answered)."""
