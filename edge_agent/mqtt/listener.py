@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from edge_agent.config import TlsConfig
@@ -41,7 +42,10 @@ class MqttListener:
     def start(self, timeout_s: float = 5.0) -> None:
         """Connect and subscribe; raise ConnectionError if the broker does not answer in time."""
         self._client.connect(self._host, self._port, KEEPALIVE_S)
-        if not self._subscribed.wait(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not self._subscribed.wait(0.05) and not self._refusal and time.monotonic() < deadline:
+            pass  # a refused login ends the wait at once: paho would only retry it
+        if not self._subscribed.is_set():
             self.stop()
             if self._refusal:
                 raise ConnectionError(f"the MQTT broker at {self._host}:{self._port} refused the connection: "
