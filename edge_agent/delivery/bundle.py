@@ -205,14 +205,17 @@ def read_bundle_model(header: BundleHeader, max_model_bytes: int = DEFAULT_MAX_M
             from edge_agent.delivery.encryption import EncryptionError, decrypt_blocks, unwrap_content_key
             try:
                 content_key = unwrap_content_key(encryption, device_key, source)
-                blocks = _hashed(stream_member(archive, info, expected_size, source), digest)
-                model = decrypt_blocks(blocks, content_key, encryption, manifest.model_sha256, source)
-            except (ArchiveError, EncryptionError) as err:
+            except EncryptionError as err:
                 raise BundleError(str(err)) from None
-            except EncryptionError:
+            blocks = _hashed(stream_member(archive, info, expected_size, source), digest)
+            try:
+                model = decrypt_blocks(blocks, content_key, encryption, manifest.model_sha256, source)
+            except ArchiveError as err:
+                raise BundleError(str(err)) from None
+            except EncryptionError as err:
                 # the whole ciphertext went through the hash: a mismatch with the signed manifest says more
                 _check_digest(digest.hexdigest(), expected_sha, info.file_size, expected_size, source, "encrypted model")
-                raise
+                raise BundleError(str(err)) from None
             _check_digest(digest.hexdigest(), expected_sha, len(model) + 16, expected_size, source, "encrypted model")
             _check_digest(hashlib.sha256(model).hexdigest(), manifest.model_sha256, len(model),
                           manifest.model_size_bytes, source, "model")
