@@ -1,4 +1,4 @@
-"""The board's commands: run, inspect, check-config, bench, demo, and the hidden selftest and
+"""The board's commands: run, inspect, check-config, doctor, bench, demo, and the hidden selftest and
 config-reference. Each command's arguments are in its `add_<command>` function."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_run(commands)
     add_inspect(commands)
     add_check_config(commands)
+    add_doctor(commands)
     add_bench(commands)
     add_demo(commands)
     add_evaluate(commands)  # on a board or a workstation alike (edge_agent/evaluation/command.py)
@@ -223,6 +224,30 @@ def check_config_command(args: argparse.Namespace) -> int:
         raise ConfigError(problems, str(args.config))
     print(f"{args.config}: OK ({len(config.pipelines)} pipeline(s), device {config.device_id})")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- doctor
+
+def add_doctor(commands: argparse._SubParsersAction) -> None:
+    doctor = commands.add_parser("doctor", help="check the board, its packages, Coral, cameras, broker and clock; "
+                                                "one line per check with the fix")
+    doctor.add_argument("--config", type=Path, help=f"the agent's config (default {DEFAULT_CONFIG_PATH} when it exists)")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor.add_argument("--root", type=Path, default=Path("/"),
+                        help="read /sys, /proc, /dev and /etc under this folder (a mounted image; default /)")
+    doctor.add_argument("--user", default="edge-agent", help="the service user whose groups are checked (default edge-agent)")
+    doctor.add_argument("--timeout-s", type=float, default=5.0, metavar="S",
+                        help="bound on each network step and device probe (default 5)")
+    doctor.set_defaults(handler=doctor_command, log_level="warning")
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    from edge_agent.doctor import exit_status, format_text, make_context, run_checks, to_json
+
+    ctx, checks = make_context(args.root, args.config, args.user, args.timeout_s)  # DoctorError: exit 2, in main
+    checks += run_checks(ctx)
+    print(json.dumps(to_json(ctx, checks), indent=2) if args.json else format_text(checks))
+    return exit_status(checks)
 
 
 # ---------------------------------------------------------------------------- bench

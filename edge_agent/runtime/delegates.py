@@ -6,21 +6,19 @@ Device strings for the Edge TPU follow pycoral: "" (first found), "usb", "usb:N"
 from __future__ import annotations
 
 import ctypes
-import platform
 from types import ModuleType
 from typing import Any
 
 from edge_agent.config import DelegateSpec
 from edge_agent.errors import EdgeAgentError
-
-EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+from edge_agent.runtime.edgetpu import library_name
 
 EDGETPU_HELP = (
-    "install the Edge TPU runtime (apt package libedgetpu1-std from Coral's repository), "
-    "plug the Coral in (a USB Accelerator shows as 1a6e:089a or 18d1:9302 in `lsusb`), "
-    "make sure the agent's user is in the plugdev group (USB) or that /dev/apex_0 exists (PCIe), "
-    "and pair it with a matching runtime: libedgetpu is built against a specific TensorFlow Lite "
-    "version, so try runtime = \"tflite-runtime\" if LiteRT refuses it"
+    "install the Edge TPU runtime (package libedgetpu1-std: see the README's Coral section for the "
+    "build that matches your runtime), plug the Coral in (a USB Accelerator shows as 1a6e:089a or "
+    "18d1:9302 in `lsusb`), make sure the agent's user is in the plugdev group (USB) or that "
+    "/dev/apex_0 exists (PCIe), and pair it with a matching runtime: libedgetpu is built from one "
+    "TensorFlow release; `edge-agent doctor` says which runtime matches it"
 )
 
 
@@ -28,15 +26,18 @@ class DelegateError(EdgeAgentError, RuntimeError):
     """A delegate could not be loaded or applied."""
 
 
-def load_delegate(module: ModuleType, spec: DelegateSpec) -> Any:
-    """Return a loaded delegate object for `spec` (kind != "none"), or raise DelegateError."""
+def load_delegate(module: ModuleType, spec: DelegateSpec, library: str | None = None) -> Any:
+    """Return a loaded delegate object for `spec` (kind != "none"), or raise DelegateError.
+
+    The Edge TPU's library is found by its soname, as the runtime does; `library` names another
+    file instead (the doctor, checking a board's image from outside)."""
     if spec.kind == "edgetpu":
-        library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+        library = library or library_name()
         options = {"device": spec.device} if spec.device else {}
         what = f"Edge TPU delegate ({library}, device {spec.device or 'first found'})"
         hint = EDGETPU_HELP
     elif spec.kind == "external":
-        library = spec.path
+        library = library or spec.path
         options = {key: str(value) for key, value in spec.options.items()}
         what = f"external delegate {library}"
         hint = "check that the file exists, is built for this CPU architecture and this runtime version"
@@ -52,7 +53,10 @@ def load_delegate(module: ModuleType, spec: DelegateSpec) -> Any:
 
 
 def _check_delegate_library(library: str) -> None:
-    """Raise OSError unless `library` opens and exports the external-delegate entry points."""
+    """Raise OSError unless `library` opens and exports the external-delegate entry points.
+
+    Both runtimes' load_delegate (LiteRT's and tflite-runtime's) call exactly these two through
+    ctypes: tensorflow/lite/delegates/external/external_delegate_interface.h."""
     handle = ctypes.CDLL(library)
     for symbol in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate"):
         if not hasattr(handle, symbol):
