@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.runtime.backends import import_runtime
+from edge_agent.runtime.backends import available_runtimes, import_runtime
 from edge_agent.config import TASKS, DelegateSpec
 from edge_agent.runtime.delegates import DelegateError, load_delegate
 from edge_agent.runtime.tflite_file import (
@@ -135,6 +135,8 @@ def load_model_file(
     """Same as load_model for a file already read (and possibly already verified)."""
     delegate = delegate or DelegateSpec()
     threads = num_threads or default_num_threads()
+    if runtime == "auto" and delegate.kind == "edgetpu":
+        runtime = edgetpu_runtime()
     runtime_name, module = import_runtime(runtime)
     if model_file.needs_edgetpu and delegate.kind != "edgetpu":
         raise ModelLoadError(
@@ -161,6 +163,18 @@ def load_model_file(
     loaded = LoadedModel(model_file, interpreter, runtime_name, delegate_label, threads)
     logger.debug("loaded %s with %s (%d threads, delegate %s)", loaded.name, runtime_name, threads, delegate_label)
     return loaded
+
+
+def edgetpu_runtime() -> str:
+    """The runtime `auto` means with the Edge TPU: the one built from libedgetpu's TensorFlow release."""
+    from edge_agent.runtime.edgetpu import choose_edgetpu_runtime, find_edgetpu_library
+
+    available = available_runtimes()
+    if not available:
+        return "auto"  # import_runtime then names what to install
+    name, why = choose_edgetpu_runtime(available, find_edgetpu_library())
+    logger.info("Edge TPU with runtime = \"auto\": %s", why)
+    return name
 
 
 def _make_interpreter(module, model_file: ModelFile, threads: int, delegates: list):
