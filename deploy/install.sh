@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Install edge-agent on a board as a systemd service, or remove it again.
 #
-#   sudo deploy/install.sh                         from this repository (builds its wheel; needs PyPI)
-#   sudo deploy/install.sh --wheelhouse DIR        offline, from deploy/wheelhouse.sh's bundle
-#   sudo deploy/install.sh --uninstall [--purge]
+#   sudo bash deploy/install.sh                    from this repository (builds its wheel; needs PyPI)
+#   sudo bash deploy/install.sh --wheelhouse DIR   offline, from deploy/wheelhouse.sh's bundle
+#   sudo bash deploy/install.sh --root IMG --wheelhouse DIR --first-boot
+#                                                  an SD-card image: installed at its first boot
+#   sudo bash deploy/install.sh --uninstall [--purge]
+#
+# `bash install.sh`, not `./install.sh`: a copy on a FAT USB stick has no run bit (desktop
+# automount mounts FAT with showexec), so running it directly says "Permission denied".
 #
 # What it puts where:
 #   /opt/edge-agent/venv                 a venv with edge-agent (and --system-site-packages when
@@ -12,7 +17,8 @@
 #   /etc/edge-agent/agent.toml           from deploy/agent.example.toml, only when missing
 #   /etc/edge-agent/mqtt_password        empty, root-only, when missing (the unit's LoadCredential=)
 #   /etc/systemd/system/edge-agent.service, enabled (started by you once the config is right)
-#   user edge-agent (no login)           in the groups video, dialout, plugdev
+#   user edge-agent (no login)           in the groups video, dialout, plugdev (and apex when
+#                                        gasket-dkms made it: the PCIe Coral's /dev/apex_N)
 #
 # Running it again changes only what differs and says so; a changed package restarts a running
 # service. The package is always installed as a wheel (a source tree is built into one first),
@@ -24,8 +30,9 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: install.sh [--root DIR] [--wheelhouse DIR] [--from PATH] [--python PYTHON]
-       install.sh --uninstall [--purge] [--root DIR]
+usage: sudo bash install.sh [--root DIR] [--wheelhouse DIR] [--from PATH] [--python PYTHON]
+       sudo bash install.sh --root DIR --wheelhouse DIR --first-boot
+       sudo bash install.sh --uninstall [--purge] [--root DIR]
 
   --root DIR        install under DIR instead of / (tests, image staging): no running service
                     is touched, the user goes into DIR/etc/passwd (skipped when DIR has none),
@@ -34,6 +41,11 @@ usage: install.sh [--root DIR] [--wheelhouse DIR] [--from PATH] [--python PYTHON
   --from PATH       the project: a source tree (built into a wheel) or a .whl (default: this
                     repository, or with --wheelhouse the edge-agent wheel in it)
   --python PYTHON   the interpreter for the venv (default /usr/bin/python3)
+  --first-boot      with --root and --wheelhouse: for an image built on another machine
+                    (an x86 workstation cannot run the board's Python without emulation, and
+                    LiteRT crashes under qemu-user): put the user, the config and the units in
+                    DIR now, copy the bundle to DIR/opt/edge-agent/bundle, and let
+                    edge-agent-firstboot.service install the venv at the board's first boot
   --uninstall       remove the unit, the venv and the user; keep /etc/edge-agent and
                     /var/lib/edge-agent
   --purge           with --uninstall: remove /etc/edge-agent and /var/lib/edge-agent too
@@ -50,6 +62,7 @@ FROM=
 PYTHON=
 ACTION=install
 PURGE=0
+FIRST_BOOT=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
@@ -58,6 +71,7 @@ while [ $# -gt 0 ]; do
         --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
         --uninstall) ACTION=uninstall; shift ;;
         --purge) PURGE=1; shift ;;
+        --first-boot) FIRST_BOOT=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -71,8 +85,13 @@ same() { echo "  = $*"; }
 note() { echo "  ! $*"; }
 
 [ "$PURGE" = 0 ] || [ "$ACTION" = uninstall ] || die "--purge goes with --uninstall"
+if [ "$FIRST_BOOT" = 1 ]; then
+    [ "$ROOT" != / ] || die "--first-boot is for an image: give --root DIR (the image's root folder)"
+    [ -n "$WHEELHOUSE" ] || die "--first-boot installs offline at the first boot: give --wheelhouse DIR"
+    [ "$ACTION" = install ] || die "--first-boot goes with an install, not --uninstall"
+fi
 if [ "$ROOT" = / ]; then
-    [ "$(id -u)" = 0 ] || die "run as root: sudo $0 $ARGS"
+    [ "$(id -u)" = 0 ] || die "run as root: sudo bash $0 $ARGS"
     PREFIX=
 else
     mkdir -p "$ROOT"
@@ -83,12 +102,15 @@ fi
 NAME=edge-agent
 UNIT=edge-agent.service
 SERVICE_GROUPS=(video dialout plugdev)
+OPTIONAL_GROUPS=(apex)  # joined only where the group exists (gasket-dkms creates it for /dev/apex_N)
 APP_DIR=$PREFIX/opt/edge-agent
 VENV=$APP_DIR/venv
 CONF_DIR=$PREFIX/etc/edge-agent
 STATE_DIR=$PREFIX/var/lib/edge-agent
 UNIT_PATH=$PREFIX/etc/systemd/system/$UNIT
 FINGERPRINT=$APP_DIR/.installed
+FIRSTBOOT_UNIT=edge-agent-firstboot.service
+BUNDLE_COPY=$APP_DIR/bundle   # --first-boot: the bundle the board installs from
 
 # --- accounts -------------------------------------------------------------------------
 # Under --root the host's /etc/passwd is never touched: useradd/groupadd --prefix edit
@@ -120,14 +142,19 @@ ensure_accounts() {
         fi
     done
     if [ -z "$(account_line passwd "$NAME")" ]; then
+        local groups=("${SERVICE_GROUPS[@]}")
+        for group in "${OPTIONAL_GROUPS[@]}"; do [ -z "$(account_line group "$group")" ] || groups+=("$group"); done
         useradd "${opts[@]}" --system --user-group --no-create-home --home-dir /var/lib/edge-agent \
             --shell /usr/sbin/nologin --comment "edge-agent daemon" \
-            --groups "$(IFS=,; echo "${SERVICE_GROUPS[*]}")" "$NAME"
-        changed "user $NAME (groups ${SERVICE_GROUPS[*]})"
+            --groups "$(IFS=,; echo "${groups[*]}")" "$NAME"
+        changed "user $NAME (groups ${groups[*]})"
         return
     fi
     local missing=()
     for group in "${SERVICE_GROUPS[@]}"; do in_group "$group" || missing+=("$group"); done
+    for group in "${OPTIONAL_GROUPS[@]}"; do
+        [ -z "$(account_line group "$group")" ] || in_group "$group" || missing+=("$group")
+    done
     if [ ${#missing[@]} -gt 0 ]; then
         usermod "${opts[@]}" --append --groups "$(IFS=,; echo "${missing[*]}")" "$NAME"
         changed "user $NAME joined ${missing[*]}"
@@ -181,6 +208,30 @@ choose_python() {
         die "$PYTHON cannot make venvs: sudo apt install python3-venv"
 }
 
+# The machine this interpreter runs wheels for, from its own ELF header: not `uname -m`, which
+# names the kernel. A Pi 4/5 on 32-bit Raspberry Pi OS boots a 64-bit kernel, so uname says
+# aarch64 while python3 (and every program) is 32-bit armv7l and needs armv7l wheels.
+elf_machine() {  # elf_machine FILE: the wheel machine an ELF executable is built for
+    local file number
+    file=$(readlink -f "$1") || return 1
+    [ "$(od -An -c -N4 "$file" 2>/dev/null | tr -d ' ')" = '177ELF' ] || return 1
+    number=$(od -An -tu2 -j18 -N2 "$file" | tr -d ' ')  # e_machine (little-endian, as on ARM and x86)
+    case "$number" in
+        40) echo armv7l ;; 183) echo aarch64 ;; 62) echo x86_64 ;; 3) echo i686 ;; 243) echo riscv64 ;;
+        *) echo "elf-machine-$number" ;;
+    esac
+}
+python_machine() { elf_machine "$(command -v "$PYTHON")" || uname -m; }
+
+# Under qemu-user (an image built in systemd-nspawn on an x86 machine with binfmt handlers) the
+# ARM Python runs but /proc/cpuinfo is the host's, and LiteRT crashes when it reads it.
+emulated() {
+    case "$(python_machine)" in
+        armv7l|aarch64) grep -qE '^(vendor_id|flags)[[:space:]]*:' /proc/cpuinfo 2>/dev/null ;;
+        *) return 1 ;;
+    esac
+}
+
 # Where the package comes from: PKG_KIND (wheelhouse, wheel or tree) and PKG_PATH.
 choose_package() {
     if [ -n "$FROM" ]; then
@@ -208,15 +259,50 @@ check_wheelhouse() {
             die "the wheelhouse $WHEELHOUSE is damaged (SHA256SUMS does not match): copy it again"
     fi
     if [ -f "$WHEELHOUSE/manifest.txt" ]; then
-        local machine version ours
+        local machine version ours python_arch kernel
         machine=$(sed -n 's/^machine: //p' "$WHEELHOUSE/manifest.txt")
         version=$(sed -n 's/^python-version: //p' "$WHEELHOUSE/manifest.txt")
+        if [ "$FIRST_BOOT" = 1 ]; then
+            # the image's own python3 decides; its version and imports are checked at first boot
+            local image_arch
+            image_arch=$(elf_machine "$PREFIX/usr/bin/python3") ||
+                die "$PREFIX/usr/bin/python3 is missing: --first-boot needs the image's root folder (with python3 installed)"
+            [ -z "$machine" ] || [ "$machine" = "$image_arch" ] ||
+                die "the wheelhouse is for $machine but the image's python3 is $image_arch: build one with deploy/wheelhouse.sh --machine $image_arch"
+            return
+        fi
         ours=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-        [ -z "$machine" ] || [ "$machine" = "$(uname -m)" ] ||
-            die "the wheelhouse is for $machine but this machine is $(uname -m): build one with deploy/wheelhouse.sh --machine $(uname -m)"
+        python_arch=$(python_machine) kernel=$(uname -m)
+        if [ -n "$machine" ] && [ "$machine" != "$python_arch" ]; then
+            local why="$PYTHON is $python_arch"
+            [ "$kernel" = "$python_arch" ] || why="$why (a $kernel kernel with a 32-bit userland: 32-bit Raspberry Pi OS on a Pi 4/5 boots a 64-bit kernel)"
+            die "the wheelhouse is for $machine but $why: build one with deploy/wheelhouse.sh --machine $python_arch"
+        fi
         [ -z "$version" ] || [ "$version" = "$ours" ] ||
             die "the wheelhouse is for Python $version but $PYTHON is $ours: build one with deploy/wheelhouse.sh --python-version $ours"
     fi
+}
+
+# A target that takes numpy, OpenCV and cffi from apt (32-bit Raspberry Pi OS: PyPI has no
+# armv7l wheels of them) says so in the wheelhouse's manifest: the venv then sees system
+# site-packages and pip installs exactly the wheelhouse's requirements.txt, without resolving
+# dependencies it cannot satisfy from wheels.
+SYSTEM_PACKAGES=
+APT_MODULES=(python3-numpy:numpy python3-opencv:cv2 python3-cffi:cffi)
+decide_system_packages() {
+    if [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/manifest.txt" ]; then
+        SYSTEM_PACKAGES=$(sed -n 's/^system-packages: *//p' "$WHEELHOUSE/manifest.txt")
+    elif [ "$(python_machine)" = armv7l ]; then
+        die "32-bit Python (armv7l): install from a bundle made by deploy/wheelhouse.sh --machine armv7l (PyPI has no armv7l numpy 1.x or OpenCV wheels)"
+    fi
+    [ -n "$SYSTEM_PACKAGES" ] || return 0
+    local entry package module missing=()
+    for package in $SYSTEM_PACKAGES; do
+        module=$package
+        for entry in "${APT_MODULES[@]}"; do [ "${entry%%:*}" != "$package" ] || module=${entry#*:}; done
+        "$PYTHON" -c "import $module" 2>/dev/null || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] || die "this board takes ${SYSTEM_PACKAGES// /, } from apt; missing: ${missing[*]}. Run: sudo apt install ${missing[*]}"
 }
 
 fingerprint() {  # a hash of everything the package install depends on
@@ -244,6 +330,7 @@ ensure_venv() {
     if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("picamera2") is None)' 2>/dev/null; then
         SYSTEM_SITE=yes; flag=true
     fi
+    [ -z "$SYSTEM_PACKAGES" ] || { SYSTEM_SITE=yes; flag=true; }  # numpy, OpenCV, cffi from apt
     if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
         if grep -q "^include-system-site-packages = $flag\$" "$VENV/pyvenv.cfg"; then
             same "/opt/edge-agent/venv (system site-packages: $SYSTEM_SITE)"
@@ -288,6 +375,7 @@ install_package() {
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
     [ -z "$WHEELHOUSE" ] || pip=("${pip[@]}" install --no-index --find-links "$WHEELHOUSE")
     [ -n "$WHEELHOUSE" ] || pip=("${pip[@]}" install)
+    local targets=()
     case "$kind" in
         wheelhouse) target="edge-agent[tflite-runtime]" ;;
         wheel) target="${path}[tflite-runtime]" ;;
@@ -307,7 +395,13 @@ install_package() {
     esac
     # The same version number from a newer tree must still replace the installed code.
     "$VENV/bin/python" -m pip --disable-pip-version-check --quiet uninstall -y edge-agent >/dev/null 2>&1 || true
-    "${pip[@]}" "$target" || die "pip could not install $target (see above)"
+    if [ -n "$SYSTEM_PACKAGES" ]; then  # exactly the wheelhouse's list; apt provides the rest
+        target=${target%\[tflite-runtime\]}
+        targets=(--no-deps "$target" -r "$WHEELHOUSE/requirements.txt")
+    else
+        targets=("$target")
+    fi
+    "${pip[@]}" "${targets[@]}" || die "pip could not install $target (see above)"
     "$VENV/bin/edge-agent" --version >/dev/null || die "the venv cannot run edge-agent after installing it"
     install_demo_files
     # A real inference run: catches wheels for the wrong machine or a runtime that cannot load.
@@ -343,11 +437,58 @@ enable_unit() {  # enable_unit UNIT_CHANGED PACKAGE_CHANGED
     fi
 }
 
+# --first-boot: everything but the venv goes into the image now; the board installs the venv
+# from the copied bundle when it first boots, on its own CPU (an x86 machine building the image
+# would run the board's Python only under emulation, where LiteRT crashes in the check below).
+stage_first_boot() {
+    local bundle=$BUNDLE_COPY
+    if [ -f "$bundle/wheels/SHA256SUMS" ] && cmp -s "$WHEELHOUSE/SHA256SUMS" "$bundle/wheels/SHA256SUMS" &&
+        cmp -s "$SOURCE_TREE/deploy/install.sh" "$bundle/deploy/install.sh"; then
+        same "/opt/edge-agent/bundle (the board installs from it at first boot)"
+    else
+        rm -rf "$bundle"
+        mkdir -p "$bundle/deploy" "$bundle/systemd"
+        cp -r "$WHEELHOUSE" "$bundle/wheels"
+        cp "$SOURCE_TREE/deploy/install.sh" "$SOURCE_TREE/deploy/agent.example.toml" "$bundle/deploy/"
+        cp "$SOURCE_TREE/systemd/$UNIT" "$SOURCE_TREE/systemd/$FIRSTBOOT_UNIT" "$bundle/systemd/"
+        [ ! -f "$SOURCE_TREE/README.md" ] || cp "$SOURCE_TREE/README.md" "$bundle/"
+        [ ! -d "$SOURCE_TREE/models" ] || cp -r "$SOURCE_TREE/models" "$bundle/"
+        changed "/opt/edge-agent/bundle ($(du -sh "$bundle" | cut -f1); the board installs from it at first boot)"
+    fi
+    put_file "$SOURCE_TREE/systemd/$FIRSTBOOT_UNIT" "$PREFIX/etc/systemd/system/$FIRSTBOOT_UNIT" 0644 || true
+    put_file "$SOURCE_TREE/systemd/$UNIT" "$UNIT_PATH" 0644 || true
+    local unit
+    for unit in "$FIRSTBOOT_UNIT" "$UNIT"; do
+        if [ "$(systemctl --root="$ROOT" is-enabled "$unit" 2>/dev/null)" = enabled ]; then
+            same "$unit enabled"
+        else
+            systemctl --root="$ROOT" enable "$unit" >/dev/null 2>&1 || die "systemctl --root could not enable $unit"
+            changed "$unit enabled"
+        fi
+    done
+}
+
 do_install() {
     [ -f "$SOURCE_TREE/systemd/$UNIT" ] || die "$SOURCE_TREE/systemd/$UNIT is missing: run the install.sh of a full repository or bundle"
+    if [ "$FIRST_BOOT" = 1 ]; then
+        [ -f "$SOURCE_TREE/systemd/$FIRSTBOOT_UNIT" ] || die "$SOURCE_TREE/systemd/$FIRSTBOOT_UNIT is missing: use the install.sh of a full repository or bundle"
+        command -v systemctl >/dev/null || die "--first-boot enables units with systemctl --root: install systemd (apt) on this machine"
+        echo "preparing ${ROOT} to install edge-agent at its first boot"
+        check_wheelhouse   # checksums, and the image's python3 against the bundle's machine
+        ensure_accounts
+        install_files
+        stage_first_boot
+        echo "done ($CHANGES change(s)). At its first boot the board installs the venv from /opt/edge-agent/bundle"
+        echo "  (journalctl -u $FIRSTBOOT_UNIT shows it), then starts $UNIT"
+        return
+    fi
     echo "installing edge-agent into ${ROOT}"
     choose_python
+    if emulated; then
+        die "this $(python_machine) Python runs under emulation (/proc/cpuinfo is the host's x86 CPU): LiteRT crashes there. To build an SD-card image on another machine, install from outside it: sudo bash deploy/install.sh --root IMAGE_ROOT --wheelhouse DIR --first-boot"
+    fi
     [ -z "$WHEELHOUSE" ] || check_wheelhouse   # before anything changes
+    decide_system_packages
     ensure_accounts
     install_files
     ensure_venv

@@ -5,10 +5,16 @@ whether a folder of wheels satisfies them.
       prints the device requirements (pyproject.toml's [project] dependencies plus the
       tflite-runtime extra), with environment markers decided for the target board rather than
       for this workstation (pip download --platform would evaluate them for this machine).
+  python3 deploy/wheelhouse.py system-packages --machine armv7l
+      prints the Debian packages the target takes from apt instead of wheels (one line; empty
+      for aarch64 and x86_64). For armv7l (32-bit Raspberry Pi OS) PyPI has no numpy 1.x,
+      OpenCV or cffi wheels: Debian's python3-numpy (1.24), python3-opencv (4.6) and
+      python3-cffi (1.15) stand in, seen through a venv with system site-packages, and the
+      wheels are fetched without their dependencies (the requirements list is the whole set).
   python3 deploy/wheelhouse.py check DIR --machine aarch64 --python-version 3.11
       fails naming every requirement (and the edge-agent wheel itself) that no wheel in DIR
-      satisfies, and every wheel that cannot run on the target; then writes DIR/manifest.txt
-      and DIR/SHA256SUMS.
+      satisfies, and every wheel that cannot run on the target; then writes DIR/manifest.txt,
+      DIR/requirements.txt (what install.sh installs there) and DIR/SHA256SUMS.
 
 Standard library plus `packaging` (pip's own copy when the distribution is not installed).
 """
@@ -38,6 +44,12 @@ DEVICE_EXTRAS = ("tflite-runtime",)
 # that carries it is a mistake costing hundreds of megabytes.
 FORBIDDEN = ("tensorflow", "tensorflow-cpu", "tf-nightly", "tensorflow-io-gcs-filesystem")
 MANYLINUX = ("manylinux_2_17", "manylinux_2_27", "manylinux_2_28", "manylinux_2_31", "manylinux_2_34", "manylinux2014")
+# What a target takes from apt instead of a wheel (None), or the requirement it needs instead.
+# armv7l: cryptography 46+ needs cffi >= 2, which has no armv7l wheel; 44/45 accept Debian's 1.15.
+TARGET_REQUIREMENTS: dict[str, dict[str, str | None]] = {
+    "armv7l": {"numpy": None, "opencv-python-headless": None, "cryptography": "cryptography>=42,<46"},
+}
+SYSTEM_PACKAGES = {"armv7l": ("python3-numpy", "python3-opencv", "python3-cffi")}
 
 
 def platforms(machine: str) -> list[str]:
@@ -75,9 +87,20 @@ def device_requirements(pyproject: Path, machine: str, python_version: str) -> l
             continue
         if canonicalize_name(requirement.name) in FORBIDDEN:
             raise SystemExit(f"wheelhouse: {line!r} is a device requirement, but TensorFlow never goes on the board")
+        overrides = TARGET_REQUIREMENTS.get(machine, {})
+        if canonicalize_name(requirement.name) in overrides:
+            replacement = overrides[canonicalize_name(requirement.name)]
+            if replacement is None:
+                continue  # from apt on this target (system_packages)
+            requirement = Requirement(replacement)
         requirement.marker = None
         requirements.append(requirement)
     return requirements
+
+
+def system_packages(machine: str) -> tuple[str, ...]:
+    """The Debian packages a board of this machine provides instead of wheels."""
+    return SYSTEM_PACKAGES.get(machine, ())
 
 
 def _wheel_runs_on(tags, machine: str, python_version: str) -> bool:
@@ -127,19 +150,22 @@ def write_manifest(folder: Path, requirements: list[Requirement], machine: str, 
         f"machine: {machine}",
         f"python-version: {python_version}",
         f"platforms: {' '.join(platforms(machine))}",
+        f"system-packages: {' '.join(system_packages(machine))}",
         f"built: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} on {platform.machine()} with Python {platform.python_version()}",
         "requirements:",
         *(f"  {r}" for r in requirements),
         "wheels:",
     ]
     (folder / "manifest.txt").write_text("\n".join(header + rows) + "\n")
+    # install.sh installs these with --no-deps where the target takes packages from apt
+    (folder / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
     (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("requirements", "check"):
+    for name in ("requirements", "check", "system-packages"):
         command = commands.add_parser(name)
         command.add_argument("--machine", default="aarch64")
         command.add_argument("--python-version", default="3.11")
@@ -147,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "check":
             command.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "system-packages":
+        print(" ".join(system_packages(args.machine)))
+        return 0
     requirements = device_requirements(args.pyproject, args.machine, args.python_version)
     if args.command == "requirements":
         print("\n".join(str(r) for r in requirements))

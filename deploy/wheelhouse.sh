@@ -2,6 +2,7 @@
 # Build an offline install bundle for boards, on a workstation with internet access:
 #
 #   deploy/wheelhouse.sh                      # aarch64, CPython 3.11 (Raspberry Pi OS / Debian 12)
+#   deploy/wheelhouse.sh --machine armv7l     # 32-bit Raspberry Pi OS: numpy, OpenCV, cffi from apt
 #   deploy/wheelhouse.sh --out /media/usb/edge-agent
 #   deploy/wheelhouse.sh --no-index --find-links DIR   # offline, from wheels already in DIR
 #
@@ -9,14 +10,16 @@
 # the tflite-runtime extra; never TensorFlow) for the target, the project's own wheel, and what
 # install.sh needs beside them, laid out like the repository:
 #
-#   OUT/wheels/*.whl, manifest.txt, SHA256SUMS
+#   OUT/wheels/*.whl, manifest.txt, requirements.txt, SHA256SUMS
 #   OUT/deploy/install.sh, OUT/deploy/agent.example.toml, OUT/systemd/edge-agent.service,
+#   OUT/systemd/edge-agent-firstboot.service (install.sh --first-boot, for SD-card images),
 #   OUT/README.md
 #
 # The demo model and video travel inside the edge-agent wheel (package data); install.sh copies
 # them from the installed package to /opt/edge-agent/models/demo.
 #
-# On the board: sudo OUT/deploy/install.sh --wheelhouse OUT/wheels
+# On the board: sudo bash OUT/deploy/install.sh --wheelhouse OUT/wheels
+# (bash, because a copy on a FAT USB stick loses the run bit: ./install.sh says "Permission denied")
 set -euo pipefail
 
 usage() {
@@ -24,7 +27,9 @@ usage() {
 usage: wheelhouse.sh [--machine aarch64] [--python-version 3.11] [--out DIR] [--python PYTHON]
                      [--find-links DIR ...] [--no-index]
 
-  --machine         the board's `uname -m` (default aarch64)
+  --machine         the board's userland: aarch64 (default; 64-bit Raspberry Pi OS, Debian 12),
+                    armv7l (32-bit Raspberry Pi OS: file /usr/bin/python3.11 says "ARM, EABI5",
+                    whatever `uname -m` says) or x86_64
   --python-version  the board's python3 version, MAJOR.MINOR (default 3.11: Debian 12, Pi OS bookworm)
   --out DIR         where to write the bundle (default dist/edge-agent-VERSION-MACHINE-cpXY)
   --python PYTHON   the workstation interpreter that runs pip (default python3)
@@ -81,14 +86,20 @@ rm -rf "$WHEELS"
 mkdir -p "$WHEELS"
 REQUIREMENTS=$OUT/requirements.txt
 "${HELPER[@]}" requirements --machine "$MACHINE" --python-version "$PY_VERSION" > "$REQUIREMENTS"
+# Targets that take some packages from apt get exactly their requirement list, unresolved
+# (cryptography's cffi, for one, has no armv7l wheel: python3-cffi stands in).
+SYSTEM_PACKAGES=$("${HELPER[@]}" system-packages --machine "$MACHINE")
+NO_DEPS=()
+[ -z "$SYSTEM_PACKAGES" ] || NO_DEPS=(--no-deps)
 
 TARGET=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp --abi "$ABI")
 for tag in $("$PYTHON" -B -c "import sys; sys.path.insert(0, '$REPO/deploy'); import wheelhouse; print(*wheelhouse.platforms('$MACHINE'))"); do
     TARGET+=(--platform "$tag")
 done
 PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
+
 echo "collecting wheels for CPython $PY_VERSION on $MACHINE from $WHERE into $WHEELS"
-if ! "${PIP[@]}" download --quiet "${SOURCES[@]}" "${TARGET[@]}" --dest "$WHEELS" -r "$REQUIREMENTS"; then
+if ! "${PIP[@]}" download --quiet "${SOURCES[@]}" "${NO_DEPS[@]}" "${TARGET[@]}" --dest "$WHEELS" -r "$REQUIREMENTS"; then
     # One resolution for all keeps versions consistent; when it fails, ask requirement by
     # requirement so the message names the one without a wheel for the board.
     missing=()
@@ -118,9 +129,12 @@ find "$build" -name __pycache__ -prune -exec rm -rf {} +
 install -D -m 0755 "$REPO/deploy/install.sh" "$OUT/deploy/install.sh"
 install -D -m 0644 "$REPO/deploy/agent.example.toml" "$OUT/deploy/agent.example.toml"
 install -D -m 0644 "$REPO/systemd/edge-agent.service" "$OUT/systemd/edge-agent.service"
+install -D -m 0644 "$REPO/systemd/edge-agent-firstboot.service" "$OUT/systemd/edge-agent-firstboot.service"
 install -D -m 0644 "$REPO/README.md" "$OUT/README.md"
 rm -rf "$OUT/models"  # bundles of earlier versions carried the demo files here
 
 count=$(find "$WHEELS" -name '*.whl' | wc -l)
 echo "wheelhouse ready: $OUT ($count wheels, $(du -sh "$OUT" | cut -f1))"
-echo "copy it to the board and run: sudo $(basename "$OUT")/deploy/install.sh --wheelhouse $(basename "$OUT")/wheels"
+[ -z "$SYSTEM_PACKAGES" ] || echo "on the board, first: sudo apt install $SYSTEM_PACKAGES"
+# `bash`: a copy on a FAT USB stick has no run bit, and ./install.sh would say "Permission denied"
+echo "copy it to the board and run: sudo bash $(basename "$OUT")/deploy/install.sh --wheelhouse $(basename "$OUT")/wheels"

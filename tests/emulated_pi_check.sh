@@ -111,6 +111,13 @@ make_rootfs() {  # make_rootfs ARCH PACKAGES...; prints its path
             die "cannot unpack $deb"
     done
     rm -rf "$rootfs.tmp/proc"; mkdir -p "$rootfs.tmp/proc/device-tree"   # was a symlink to the host's /proc
+    # what libblas3's and liblapack3's maintainer scripts would do (update-alternatives), for numpy
+    local lib
+    for lib in "$rootfs.tmp"/usr/lib/*-linux-gnu*/blas/libblas.so.3 "$rootfs.tmp"/usr/lib/*-linux-gnu*/lapack/liblapack.so.3; do
+        [ -e "$lib" ] || continue
+        [ -e "$(dirname "$(dirname "$lib")")/$(basename "$lib")" ] ||
+            ln -s "$(basename "$(dirname "$lib")")/$(basename "$lib")" "$(dirname "$(dirname "$lib")")/$(basename "$lib")"
+    done
     mkdir -p "$rootfs.tmp/etc/xdg/pip"
     : > "$rootfs.tmp/etc/pip.conf"; : > "$rootfs.tmp/etc/xdg/pip/pip.conf"   # shadow the host's
     echo "$want" > "$rootfs.tmp/.edge-agent-rootfs"

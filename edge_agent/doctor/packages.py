@@ -86,9 +86,11 @@ def check_packages(ctx: DoctorContext) -> list[Check]:
                        "model": str(DEMO_MODEL)}, ctx.timeout_s + STARTUP_ALLOWANCE_S + 20, env=ctx.env)
     imported = probe.data.get("modules", {}) if probe.status == "ok" else {}
 
-    cv2_file = imported.get("cv2", {}).get("file", "")
+    cv2_spec = importlib.util.find_spec("cv2")
+    cv2_file = imported.get("cv2", {}).get("file", "") or (cv2_spec.origin or "" if cv2_spec else "")
     opencv_text = ", ".join(f"{n} {v}" for n, v in opencv.items()) or (
-        f"Debian's python3-opencv {imported.get('cv2', {}).get('version', '')}" if "/dist-packages/" in cv2_file else "none")
+        f"Debian's python3-opencv {imported.get('cv2', {}).get('version', '')}".rstrip() if "/dist-packages/" in cv2_file
+        else "none")
     versions = {"numpy": numpy_version, "opencv": opencv, "litert": runtimes["litert"],
                 "tflite_runtime": runtimes["tflite-runtime"], "picamera2": distribution_version("picamera2") or bool(picamera_spec)}
     checks = [info(AREA, "versions", f"numpy {numpy_version or 'none'}; OpenCV: {opencv_text}; LiteRT "
