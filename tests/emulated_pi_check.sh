@@ -32,12 +32,14 @@
 #   (env -i: no PIP_FIND_LINKS or other PIP_*), PIP_CONFIG_FILE=/dev/null, and empty
 #   ROOTFS/etc/pip.conf and ROOTFS/etc/xdg/pip/pip.conf shadowing the host's; `pip config list`
 #   is checked to show nothing but that.
-# - Child processes: without binfmt the kernel cannot exec an ARM binary, so anything the agent
-#   starts as a child (the model self-test of a push, the doctor's probes) fails with ENOEXEC
-#   under emulation, and only there. The demo runs in one process (`edge-agent run`, no
-#   broker); the self-test child's own code (`python -m edge_agent selftest`) is started
-#   through the emulator here, exactly as the agent would start it on a board; the doctor
-#   reports its probes as skipped ("exec format error").
+# - Child processes: the agent starts children with sys.executable (every model is first loaded
+#   in its self-test child, service/model_guard.py; the doctor's probes). Without binfmt the
+#   kernel cannot exec an ARM program, so VENV/bin/python-emulated, a host shell script, runs
+#   `qemu -L ROOTFS -cpu CPU -0 VENV/bin/python-emulated ROOTFS/usr/bin/python3.11 "$@"`:
+#   -0 sets the emulated program's argv[0], so Python takes the script as sys.executable (and
+#   finds the venv beside it), and every child it starts is exec'd by the host kernel as that
+#   script, i.e. emulated again on the same CPU. Without the wrapper `edge-agent run` stops with
+#   "Exec format error" under emulation (and only there: on a board sys.executable is the ELF).
 # - venv's ensurepip runs pip as a child: the venv is made --without-pip, and pip is installed
 #   from Debian's pip wheel by running the wheel itself.
 set -euo pipefail
@@ -144,12 +146,23 @@ clean_env() {  # nothing from this host's environment but what is named here
 emulated() {  # emulated PROGRAM ARGS...: run an ARM program of ROOTFS on CPU
     clean_env timeout "$STEP_TIMEOUT_S" "$QEMU" -L "$ROOTFS" -cpu "$CPU" "$@"
 }
+venv_python() {  # venv_python ARGS...: the venv's Python on CPU, whose children are emulated too
+    clean_env timeout "$STEP_TIMEOUT_S" "$VENV/bin/python-emulated" "$@"
+}
+write_wrapper() {  # the sys.executable the agent's children are started with (see the header)
+    [ -d "$VENV/bin" ] || return 0
+    local python
+    python=$(readlink -f "$ROOTFS/usr/bin/python3")
+    printf '#!/bin/sh\nexec %s -L %s -cpu %s -0 "$0" %s "$@"\n' "$QEMU" "$ROOTFS" "$CPU" "$python" > "$VENV/bin/python-emulated"
+    chmod 755 "$VENV/bin/python-emulated"
+}
 use_cpu() {
     CPU=$1
     local cpuinfo; cpuinfo=$(board_for_cpu "$CPU")
     cp "$cpuinfo" "$ROOTFS/proc/cpuinfo"
     sed -n 's/^Model[[:space:]]*: //p' "$cpuinfo" | tr -d '\n' > "$ROOTFS/proc/device-tree/model"
     printf '\0' >> "$ROOTFS/proc/device-tree/model"
+    write_wrapper
 }
 seconds_of() {  # seconds_of COMMAND...: runs it, prints wall seconds on fd 3
     local start end
@@ -160,7 +173,7 @@ record() { echo "$1" >> "$RESULTS"; }
 
 check_pip_config() {  # only the three settings clean_env gives: no file, no other variable
     local shown leaked
-    shown=$(emulated "$VENV/bin/python" -m pip config list 2>&1)
+    shown=$(venv_python -m pip config list 2>&1)
     leaked=$(echo "$shown" | grep -v -x -e ":env:.config-file='/dev/null'" -e ":env:.no-input='1'" \
                                         -e ":env:.disable-pip-version-check='1'" || true)
     [ -z "$leaked" ] || die "the emulated pip sees configuration it must not: $leaked"
@@ -169,20 +182,21 @@ check_pip_config() {  # only the three settings clean_env gives: no file, no oth
 make_venv() {  # make_venv [--system-site-packages]
     rm -rf "$VENV"
     emulated "$ROOTFS/usr/bin/python3" -m venv --without-pip "$@" "$VENV"
+    write_wrapper
     local wheel; wheel=$(ls "$ROOTFS"/usr/share/python-wheels/pip-*.whl)
-    emulated "$VENV/bin/python" "$wheel/pip" install --quiet --no-index "$wheel"
+    venv_python "$wheel/pip" install --quiet --no-index "$wheel"
     check_pip_config
 }
 
 demo_run() {  # demo_run RUNTIME: inspect (start-up) and FRAMES demo frames; checks the truth
     local runtime=$1 demo out err startup run
-    demo=$(emulated "$VENV/bin/python" -c 'from edge_agent.data import demo_dir; print(demo_dir())')
+    demo=$(venv_python -c 'from edge_agent.data import demo_dir; print(demo_dir())')
     out=$WORK/run-$ARCH-$CPU-$runtime.jsonl; err=$WORK/run-$ARCH-$CPU-$runtime.err
-    startup=$( { seconds_of emulated "$VENV/bin/python" -m edge_agent inspect "$demo/digits_int8.tflite" --runtime "$runtime" \
+    startup=$( { seconds_of venv_python -m edge_agent inspect "$demo/digits_int8.tflite" --runtime "$runtime" \
                  >"$WORK/inspect.out" 2>"$WORK/inspect.err"; } 3>&1 ) ||
         die "inspect failed on $CPU with $runtime: $(tail -3 "$WORK/inspect.err")"
     grep -q "^runtime   $runtime" "$WORK/inspect.out" || die "inspect did not use $runtime: $(cat "$WORK/inspect.out")"
-    run=$( { seconds_of emulated "$VENV/bin/python" -m edge_agent run --model "$demo/digits_int8.tflite" \
+    run=$( { seconds_of venv_python -m edge_agent run --model "$demo/digits_int8.tflite" \
              --source "$demo/digits-demo.avi" --no-mqtt --max-frames "$FRAMES" --runtime "$runtime" >"$out" 2>"$err"; } 3>&1 ) ||
         die "the demo failed on $CPU with $runtime (exit status above; an illegal instruction is signal 4): $(tail -3 "$err")"
     "$HOST_PYTHON" - "$out" "$demo/digits-demo.truth.txt" "$FRAMES" "$startup" "$run" "$ARCH" "$CPU" "$runtime" <<'EOF' >>"$RESULTS"
@@ -206,24 +220,24 @@ EOF
 
 selftest_child() {  # the push self-test's child, started through the emulator as the agent would start it
     local demo request answer
-    demo=$(emulated "$VENV/bin/python" -c 'from edge_agent.data import demo_dir; print(demo_dir())')
+    demo=$(venv_python -c 'from edge_agent.data import demo_dir; print(demo_dir())')
     request=$("$HOST_PYTHON" -c 'import json,sys; print(json.dumps({"config": {"mqtt": {"enabled": False}, "pipelines": {"main": {
         "source": sys.argv[1], "model": sys.argv[2], "runtime": sys.argv[3], "sinks": ["stdout"]}}}, "base_dir": "/",
         "pipeline": "main", "model": sys.argv[2], "label": "emulated", "trusted_keys": [], "allow_unsigned_models": True}))' \
         "$demo/digits-demo.avi" "$demo/digits_int8.tflite" "$1")
-    answer=$(echo "$request" | emulated "$VENV/bin/python" -m edge_agent selftest 2>"$WORK/selftest.err" | tail -1)
+    answer=$(echo "$request" | venv_python -m edge_agent selftest 2>"$WORK/selftest.err" | tail -1)
     echo "$answer" | grep -q '"ok": true' || die "the self-test child failed under emulation: $answer $(tail -3 "$WORK/selftest.err")"
     echo "   self-test child on $CPU ($1): $(echo "$answer" | cut -c1-140)"
 }
 
 doctor_under_emulation() {  # what `edge-agent doctor` says about the emulated interpreter
-    emulated "$VENV/bin/python" -m edge_agent doctor --json >"$WORK/doctor-$ARCH.json" 2>"$WORK/doctor-$ARCH.err" || true
+    venv_python -m edge_agent doctor --json >"$WORK/doctor-$ARCH.json" 2>"$WORK/doctor-$ARCH.err" || true
     "$HOST_PYTHON" - "$WORK/doctor-$ARCH.json" "$1" "$2" <<'EOF'
 import json, sys
 report, machine, bits = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 found = {f"{c['area']}/{c['name']}": c for c in report["checks"]}
 arch = found["system/architecture"]["details"]
-for name in ("system/board", "system/architecture", "system/glibc", "packages/versions", "packages/imports"):
+for name in ("system/board", "system/architecture", "system/glibc", "packages/versions", "packages/runtimes", "packages/imports"):
     if name in found:
         print(f"   doctor {found[name]['status']:<4} {name}: {found[name]['summary'][:150]}")
 if (arch["python_machine"], arch["python_bits"]) != (machine, bits):
@@ -253,7 +267,7 @@ run_arm64() {
     local install
     install=$( { seconds_of make_venv >&2; } 3>&1 )
     local pip_s
-    pip_s=$( { seconds_of emulated "$VENV/bin/python" -m pip install --quiet --no-index --find-links "$BUNDLE_ARM64/wheels" \
+    pip_s=$( { seconds_of venv_python -m pip install --quiet --no-index --find-links "$BUNDLE_ARM64/wheels" \
                "edge-agent[tflite-runtime]" >&2; } 3>&1 ) || die "the emulated pip could not install the wheelhouse"
     record "{\"arch\": \"arm64\", \"cpu\": \"$first\", \"venv_s\": $install, \"install_s\": $pip_s}"
     echo "   venv in $install s, wheelhouse installed in $pip_s s"
@@ -289,7 +303,7 @@ run_armhf() {
     local install pip_s
     install=$( { seconds_of make_venv --system-site-packages >&2; } 3>&1 )
     # install.sh's 32-bit path: the wheelhouse's own requirements (numpy, OpenCV and cffi come from apt)
-    pip_s=$( { seconds_of emulated "$VENV/bin/python" -m pip install --quiet --no-index --find-links "$BUNDLE_ARMHF/wheels" \
+    pip_s=$( { seconds_of venv_python -m pip install --quiet --no-index --find-links "$BUNDLE_ARMHF/wheels" \
                --no-deps edge-agent -r "$BUNDLE_ARMHF/wheels/requirements.txt" >&2; } 3>&1 ) ||
         die "the emulated pip could not install the armv7l wheelhouse"
     record "{\"arch\": \"armhf\", \"cpu\": \"$first\", \"venv_s\": $install, \"install_s\": $pip_s}"
