@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_agent.config import MqttConfig
 from edge_agent.doctor.context import DoctorContext
 from edge_agent.doctor.result import Check, fail, ok, skip, warn
+from edge_agent.errors import EdgeAgentError
 
 AREA = "broker"
 CONNACK_CODES = {1: "unacceptable protocol version", 2: "client identifier rejected", 3: "server unavailable",
@@ -25,7 +26,7 @@ CONNACK_CODES = {1: "unacceptable protocol version", 2: "client identifier rejec
 UNIT = "/etc/systemd/system/edge-agent.service"
 
 
-class StepFailed(Exception):
+class StepFailed(EdgeAgentError):
     """One step of the broker check failed; the message says which and why."""
 
 
