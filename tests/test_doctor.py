@@ -435,3 +435,64 @@ def test_numpy_2_breaks_tflite_runtime_and_a_picamera2_built_for_numpy_1(tmp_pat
     assert "opencv-python-headless==4.11.0.86" in picamera["fix"]
     assert found["packages/runtimes"]["details"]["runtimes"] == ["litert"]
     assert status == 1
+
+
+@as_root
+def test_a_coral_before_first_use_on_usb3_and_a_missing_udev_rule(tmp_path):
+    root = materialise("pi4-usb-coral", tmp_path)
+    coral = root / "sys/bus/usb/devices/1-1.3"
+    (coral / "idVendor").write_text("1a6e\n")
+    (coral / "idProduct").write_text("089a\n")
+    (coral / "speed").write_text("5000\n")
+    status, report, _, _ = doctor("--root", root, "--timeout-s", "2")
+    found = checks(report)
+    assert found["edgetpu/usb"]["status"] == "ok" and "1a6e:089a, not initialised yet" in found["edgetpu/usb"]["summary"]
+    assert "USB 3 (5000 Mbit/s)" in found["edgetpu/usb"]["summary"]
+    assert "re-enumerates as 18d1:9302" in found["edgetpu/usb-init"]["summary"]
+    # without libedgetpu's rule udev leaves the usbfs node root's
+    (root / "usr/lib/udev/rules.d/60-libedgetpu1-std.rules").unlink()
+    node = root / "dev/bus/usb/001/004"
+    os.chown(node, 0, 0)
+    status, report, _, _ = doctor("--root", root, "--timeout-s", "2")
+    access = checks(report)["edgetpu/usb-access"]
+    assert status == 1 and access["status"] == "fail" and "only root can use the Coral" in access["summary"]
+    assert "no udev rule for 18d1/1a6e is installed" in access["summary"]
+    assert 'ATTRS{idVendor}=="18d1",ATTRS{idProduct}=="9302",GROUP="plugdev"' in access["fix"]
+
+
+@as_root
+def test_the_configured_runtime_is_the_one_libedgetpu_is_loaded_with(tmp_path, fake_delegate):
+    root = materialise("pi4-usb-coral", tmp_path)
+    shutil.copy2(fake_delegate.path, root / "usr/lib/aarch64-linux-gnu/libedgetpu.so.1.0")
+    config = root / "etc/edge-agent/agent.toml"
+    config.write_text(config.read_text().replace('delegate = "edgetpu"', 'runtime = "litert"\ndelegate = "edgetpu"'))
+    _, report, _, _ = doctor("--root", root, "--timeout-s", "2")
+    found = checks(report)
+    assert found["edgetpu/load-litert"]["status"] == "ok", found["edgetpu/load-litert"]
+    assert "edgetpu/load-tflite-runtime" not in found and "edgetpu/runtime" not in found  # not auto: no choice to explain
+    match = found["edgetpu/match-litert"]  # Google's 16.0 (TensorFlow 2.5) and LiteRT 2.3 (TensorFlow 2.22-dev)
+    assert match["status"] == "warn" and "TensorFlow 2.5.0 but litert 2.22.0 is from TensorFlow 2.22.0" in match["summary"]
+
+
+@as_root
+def test_under_voltage_from_the_rpi_volt_hwmon_when_the_firmware_file_is_absent(tmp_path):
+    root = materialise("pi4-usb-coral", tmp_path)
+    (root / "sys/devices/platform/soc/soc:firmware/get_throttled").unlink()
+    (root / "sys/class/hwmon/hwmon1/in0_lcrit_alarm").write_text("1\n")
+    _, report, _, _ = doctor("--root", root, "--timeout-s", "2")
+    throttled = checks(report)["pi-health/throttled"]
+    assert throttled["status"] == "warn" and throttled["details"]["flags"] == 1
+    assert "under-voltage now" in throttled["summary"] and "/sys/class/hwmon/hwmon1/in0_lcrit_alarm" in throttled["summary"]
+
+
+def test_the_clock_line_follows_the_kernels_own_answer():
+    from edge_agent.doctor.clock import kernel_clock_state
+
+    state = kernel_clock_state()
+    _, report, _, _ = doctor()
+    clock = checks(report)["clock/clock"]
+    if state is None:
+        assert clock["status"] in ("skip", "ok", "warn")
+        return
+    assert clock["details"]["kernel_synchronised"] == state[0]
+    assert clock["status"] == ("ok" if state[0] else "warn")  # no config: an unsynchronised clock is not a failure

@@ -256,6 +256,10 @@ def _library_checks(ctx: DoctorContext, needed: bool) -> list[Check]:
             checks.append(warn(AREA, f"match-{runtime}", f"libedgetpu's TensorFlow version is unknown ({library.path} is not "
                                f"from a libedgetpu1 package), so its pairing with {label} is not known",
                                f"install it as a package: {BOOKWORM_PACKAGES}"))
+        elif not versions.get(runtime):
+            checks.append(warn(AREA, f"match-{runtime}", f"{runtime} does not say which TensorFlow release it was built "
+                               f"from, so its pairing with libedgetpu (TensorFlow {library.tf_version}) is not known",
+                               "the load check below says whether they work together"))
         else:
             checks.append(ok(AREA, f"match-{runtime}", f"libedgetpu and {label} are from the same TensorFlow release"))
         checks.append(_load_check(ctx, runtime, library.path, needed))
