@@ -6,6 +6,7 @@ Choice lists live here as constants so that every module and command uses the sa
 """
 
 import functools
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field, fields
@@ -63,6 +64,36 @@ def uri_kind(uri: str) -> str | None:
 def looks_like_path(uri: str) -> bool:
     """False for camera indexes, devices, URLs, GStreamer pipelines, picamera2 and absolute paths."""
     return uri_kind(uri) is None and not uri.strip().startswith("/")
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """(host, port) of "HOST:PORT" or "[IPv6]:PORT"; None when it is not of that form."""
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address needs brackets: [::1]:8080
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, "localhost"); names are
+    not resolved here (no I/O in the config), so any other name counts as reachable from outside."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_problem(listen: str) -> str | None:
+    if parse_listen(listen) is None:
+        return (f"expected HOST:PORT (\"127.0.0.1:8080\", \"0.0.0.0:8080\", \"[::1]:8080\") with a port from 1 to "
+                f"65535, got {listen!r}")
+    return None
 
 
 def _indexed_device(device: str) -> bool:
@@ -495,6 +526,20 @@ class LabelThresholdsKey:
         return tuple(thresholds)
 
 
+@dataclass(frozen=True)
+class SnapshotConfig:
+    """Annotated JPEG snapshots of a pipeline (MQTT and the HTTP server; see the README's "Snapshots")."""
+
+    height: int = setting(270, "height of a snapshot in pixels (the width follows the frame); 0 = the frame's own",
+                          minimum=0, cap=4320)
+    quality: int = setting(70, "JPEG quality", minimum=1, maximum=100)
+    annotate: bool = setting(True, "draw boxes, labels, scores, track ids, poses, masks, zones and a timestamp")
+    crop: bool = setting(False, "event snapshots: crop to the object (with a margin) instead of the whole frame")
+    events: bool = setting(True, "publish the best frame of each tracked label, retained, on {label}/snapshot")
+    interval_s: float = setting(0.0, "publish a snapshot on {pipeline}/snapshot this often; 0 = only on request",
+                                minimum=0.0, cap=86_400.0, smallest=1.0)
+
+
 def _preprocess_keys(table: Any, values: dict[str, Any]) -> tuple[str, ...]:
     preprocess = table.data.get("preprocess")
     return tuple(k for k in PREPROCESS_KEYS if k in preprocess) if isinstance(preprocess, dict) else ()
@@ -533,6 +578,7 @@ class PipelineConfig:
     zones: tuple[ZoneConfig, ...] = setting((), "detection: areas of the frame with their own counts", optional=True,
                                             item_name="ZONE")
     publish: PublishConfig = setting(PublishConfig(), "how often predictions are published")
+    snapshot: SnapshotConfig = setting(SnapshotConfig(), "annotated snapshots over MQTT and HTTP")
     # keys set in [preprocess]; a bundle's manifest supplies the others
     preprocess_keys: tuple[str, ...] = derived("keys set in [preprocess]", _preprocess_keys, ())
     # decoding (see "Models and tasks" in the README)
@@ -677,6 +723,39 @@ class HomeAssistantConfig:
                                else f"expected an http:// or https:// URL, got {v!r}", allowed="an http(s) URL")
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    """The local HTTP server: status page, live views, snapshots, /api/state, /healthz, /metrics."""
+
+    enabled: bool = setting(False, "serve the status page and the endpoints below (see the README's \"HTTP server\")")
+    listen: str = setting("127.0.0.1:8080", "HOST:PORT; beyond loopback (0.0.0.0, a LAN address) it needs token_file "
+                                            "or TLS with client certificates", check=_listen_problem, allowed="HOST:PORT")
+    token_file: str = setting("", "a file holding the access token (Authorization: Bearer TOKEN, or ?token=TOKEN); "
+                                  "empty: no token", path=True)
+    tls_cert_file: str = setting("", "serve HTTPS with this certificate (goes with tls_key_file)", path=True)
+    tls_key_file: str = setting("", "the certificate's private key", path=True)
+    client_ca_file: str = setting("", "with TLS: require client certificates signed by this CA", path=True)
+    live_fps: float = setting(5.0, "live views: frames per second at most", minimum=0.1, cap=60.0)
+    live_height: int = setting(360, "live views: height in pixels; 0 = the frame's own", minimum=0, cap=4320)
+    max_clients: int = setting(16, "connections served at once; more are answered 503 and closed", minimum=1, cap=1024)
+    request_timeout_s: float = setting(10.0, "a client that sends its request this slowly, or stops reading, is "
+                                             "disconnected", minimum=0.1, cap=3600.0)
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        problems = []
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append(("", "tls_cert_file and tls_key_file go together (the certificate and its key)"))
+        if self.client_ca_file and not self.tls_cert_file:
+            problems.append(("client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too"))
+        address = parse_listen(self.listen)
+        if self.enabled and address is not None and not is_loopback(address[0]) \
+                and not self.token_file and not self.client_ca_file:
+            problems.append(("listen", f"{self.listen} can be reached from other machines, and the server shows the "
+                                       "camera: set token_file (a long random token) or TLS with client certificates "
+                                       "(tls_cert_file, tls_key_file, client_ca_file), or listen on 127.0.0.1"))
+        return problems
+
+
 def _allow_unsigned_pushes(table: Any, values: dict[str, Any]) -> bool:
     # pushed bundles must be signed by a trusted key unless allow_unsigned_models = true is set explicitly
     return table.data.get("allow_unsigned_models") is True
@@ -708,6 +787,7 @@ class AgentConfig:
                                       expected="a list of group names without '/', '+', '#' or spaces")
     models: ModelsConfig = setting(ModelsConfig(), "model delivery")
     homeassistant: HomeAssistantConfig = setting(HomeAssistantConfig(), "Home Assistant discovery")
+    http: HttpConfig = setting(HttpConfig(), "the local HTTP server (status page, live view, metrics)")
     # not keys: what was parsed, and the folder its relative paths are relative to (the self-test
     # child parses the same data again instead of receiving dataclasses converted by hand)
     source_toml: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

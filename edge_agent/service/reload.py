@@ -21,7 +21,7 @@ MODEL_FIELDS = frozenset({
     "iou", "thresholds", "box_units", "anchors", "box_decoder",  # decoding: the decoder is rebuilt with the model
 })
 AGENT_FIELDS_NEEDING_RESTART = ("device_id", "state_dir", "mqtt", "spool", "serial", "trusted_keys", "allow_unsigned_models",
-                                "homeassistant",
+                                "homeassistant", "http",
                                 "allow_unsigned_pushes", "models")
 
 _CONFIG_KEY = {"allow_unsigned_pushes": "allow_unsigned_models"}  # derived fields and the key they come from
