@@ -48,6 +48,7 @@ class Interpretation:
     messages: tuple[Message, ...] = ()
     publish_prediction: bool = True
     state: dict[str, str | None] | None = None  # entries to persist with `messages` (None: delete); None: no change
+    events: tuple[ObjectEvent | LabelChange, ...] = ()  # what `messages` announce, as data (views read them)
 
 
 def restore_state(entries: dict[str, str]) -> dict[str, Any]:
@@ -134,37 +135,41 @@ class Interpreter:
         """One decoded frame (captured at `ts`, UNIX seconds). `detections` are Detection-like
         (.id, .label, .score, .box), `classes` ClassScore-like, best first."""
         messages: list[Message] = []
+        events: list[ObjectEvent | LabelChange] = []
         track_ids: tuple[int | None, ...] = ()
         if self.tracking:
-            track_ids = self._track(detections, ts, messages)
+            track_ids = self._track(detections, ts, messages, events)
         elif self.label is not None:
             change = self.label.observe(classes, ts)
             if change is not None:
                 messages += self._label_messages(change)
+                events.append(change)
         publish = self.policy.wants(ts, self._signature(track_ids, detections, classes, outputs)
                                     if self.policy.needs_signature else None)
-        return Interpretation(track_ids, tuple(messages), publish, self._state_changes() if messages else None)
+        return Interpretation(track_ids, tuple(messages), publish, self._state_changes() if messages else None,
+                              tuple(events))
 
     def tick(self, ts: float) -> Interpretation:
         """No frame arrived: objects unseen for max_disappeared_s still end."""
         if not self.tracking or not self.tracker.tracks:
             return Interpretation(publish_prediction=False)
         messages: list[Message] = []
-        ended = [self.objects.gone(track) for track in self.tracker.expire(ts)]
-        self._add_events([e for e in ended if e is not None], messages)
+        ended = [e for e in (self.objects.gone(track) for track in self.tracker.expire(ts)) if e is not None]
+        self._add_events(ended, messages)
         return Interpretation(messages=tuple(messages), publish_prediction=False,
-                              state=self._state_changes() if messages else None)
+                              state=self._state_changes() if messages else None, events=tuple(ended))
 
     def finish(self) -> Interpretation:
         """The pipeline stops: every object ends ("stopped") and the counts fall to 0."""
         if not self.tracking:
             return Interpretation(publish_prediction=False)
         messages: list[Message] = []
-        ended = [self.objects.gone(track, "stopped") for track in list(self.tracker.tracks.values())]
+        ended = [e for e in (self.objects.gone(track, "stopped") for track in list(self.tracker.tracks.values()))
+                 if e is not None]
         self.tracker.tracks.clear()
-        self._add_events([e for e in ended if e is not None], messages)
+        self._add_events(ended, messages)
         return Interpretation(messages=tuple(messages), publish_prediction=False,
-                              state=self._state_changes() if messages else None)
+                              state=self._state_changes() if messages else None, events=tuple(ended))
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state (what `saved=` takes): numbering, open events, retained topics."""
@@ -179,11 +184,11 @@ class Interpreter:
         return changes
 
     # ----------------------------------------------------------------- inside
-    def _track(self, detections: Sequence[Any], ts: float, messages: list[Message]) -> tuple[int | None, ...]:
+    def _track(self, detections: Sequence[Any], ts: float, messages: list[Message],
+               events: list[ObjectEvent | LabelChange]) -> tuple[int | None, ...]:
         accepts = self.filter.accepts
         chosen = [i for i, d in enumerate(detections) if accepts(d.label, d.box)]
         ids: list[int | None] = [None] * len(detections)
-        events: list[ObjectEvent] = []
         if chosen:
             observations = [Observation(int(d.id), d.label, float(d.score), tuple(d.box)) for d in (detections[i] for i in chosen)]
             tracks = self.tracker.tracks
