@@ -13,6 +13,8 @@
 - event.py: event_types required; the payload, after value_template, is a JSON object with `event_type`
   among event_types; retained messages are ignored.
 - binary_sensor.py: payload_on/off default "ON"/"OFF"; sensor.py: "None" is no value.
+- image.py: one of image_topic / url_topic (vol.Exclusive, validate_topic_required); content_type not
+  with url_topic; the payload on image_topic is the image's bytes (no state_topic).
 - helpers/entity_registry: entity ids are `domain.object_id`, lower case a-z, 0-9 and "_".
 Templates are rendered with Jinja2's sandbox, as Home Assistant renders them (with its to_json filter).
 """
@@ -43,7 +45,7 @@ ORIGIN_ABBREVIATIONS = {"name": "name", "sw": "sw_version", "url": "support_url"
 DEVICE_DISCOVERY_KEYS = {"device", "components", "origin", "availability", "availability_mode", "availability_template",
                          "availability_topic", "payload_available", "payload_not_available", "state_topic",
                          "command_topic", "message_expiry_interval", "qos", "encoding"}
-ENTITY_PLATFORMS = {"binary_sensor", "sensor", "event"}  # the ones used here; all are entity platforms
+ENTITY_PLATFORMS = {"binary_sensor", "sensor", "event", "image"}  # the ones used here; all are entity platforms
 SENSOR_STATE_CLASSES = {"measurement", "measurement_angle", "total", "total_increasing"}
 ENTITY_CATEGORIES = {"config", "diagnostic"}
 ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
@@ -88,7 +90,12 @@ def validate(topic: str, payload: dict, discovery_prefix: str = "homeassistant")
         assert ENTITY_ID.match(c["default_entity_id"]) and c["default_entity_id"].split(".")[0] == c["platform"], cid
         assert OBJECT_ID.match(c["object_id"]) and c["default_entity_id"].split(".")[1] == c["object_id"], cid
         assert "device" not in c and "origin" not in c  # only at device level
-        assert "state_topic" in c and not any(ch in c["state_topic"] for ch in "+#"), cid  # MQTT_RO_SCHEMA
+        if c["platform"] == "image":
+            assert ("image_topic" in c) != ("url_topic" in c), cid  # vol.Exclusive + validate_topic_required
+            assert "content_type" not in c or "url_topic" not in c, cid
+            assert not any(ch in c["image_topic"] for ch in "+#") and "state_topic" not in c, cid
+        else:
+            assert "state_topic" in c and not any(ch in c["state_topic"] for ch in "+#"), cid  # MQTT_RO_SCHEMA
         assert c.get("entity_category", "diagnostic") in ENTITY_CATEGORIES
         if c["platform"] == "sensor":
             assert c.get("state_class", "measurement") in SENSOR_STATE_CLASSES
@@ -193,10 +200,25 @@ def test_names_that_are_not_entity_ids_become_slugs():
     assert c["entree_2_hot_dog_count"]["state_topic"] == "edge/Garden-Cam.1/Entrée-2/count/hot_dog"
 
 
-def test_a_pipeline_without_events_has_diagnostics_only():
+def test_a_pipeline_without_events_has_diagnostics_and_its_snapshot_only():
     quiet = PipelineEntities("door", "detection", ("person",), (), events=False)
     c = components_named(validate(discovery_topic("homeassistant", DEVICE), discovery_payload(DEVICE, [quiet])))
-    assert set(c) == {"door_fps", "door_inference_ms", "door_frames_dropped", "door_source", "door_model"}
+    assert set(c) == {"door_fps", "door_inference_ms", "door_frames_dropped", "door_source", "door_model", "door_snapshot"}
+
+
+def test_snapshots_are_image_entities_on_the_snapshot_topics():
+    c = components_named(validate(discovery_topic("homeassistant", DEVICE), discovery_payload(DEVICE, [DOOR, DIGITS])))
+    images = {cid: v for cid, v in c.items() if v["platform"] == "image"}
+    assert set(images) == {"front_door_snapshot", "front_door_person_snapshot", "front_door_car_snapshot",
+                           "digits_snapshot"}  # per tracked label for detection, one per pipeline
+    assert images["front_door_snapshot"]["image_topic"] == "edge/Garden-Cam.1/front-door/snapshot"
+    assert images["front_door_person_snapshot"]["image_topic"] == "edge/Garden-Cam.1/front-door/person/snapshot"
+    assert all(v["content_type"] == "image/jpeg" for v in images.values())
+    assert images["digits_snapshot"]["default_entity_id"] == "image.garden_cam_1_digits_snapshot"
+    plain = PipelineEntities("door", "detection", ("person",), (), label_snapshots=False)
+    assert "door_person_snapshot" not in discovery_payload(DEVICE, [plain])["cmps"]
+    serial_only = PipelineEntities("door", "detection", ("person",), (), snapshots=False)
+    assert not any(v["p"] == "image" for v in discovery_payload(DEVICE, [serial_only])["cmps"].values())
 
 
 @pytest.mark.parametrize("prefix", ["homeassistant", "ha/discovery"])

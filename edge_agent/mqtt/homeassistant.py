@@ -10,6 +10,8 @@ Per pipeline:
                       reported label and `all`, in the whole frame and per zone
   classification      a sensor with the stable label (its score and since_ts as attributes)
   both                an `event` entity fed by the pipeline's events topic (new/update/end, change)
+  snapshots           an `image` entity on {pipeline}/snapshot (requested and periodic snapshots) and,
+                      for tracked labels, one on {pipeline}/{label}/snapshot (the best frame, retained)
   diagnostics         fps, inference ms, frames dropped, source state, model (entity_category
                       diagnostic, from the retained state topic, expire_after 3 state intervals)
 
@@ -39,6 +41,7 @@ MIN_EXPIRE_AFTER_S = 60
 EVENT_TEMPLATE = "{{ dict(value_json, event_type=value_json.type) | to_json }}"
 OCCUPANCY_TEMPLATE = "{{ 'ON' if value | int(0) > 0 else 'OFF' }}"
 LABEL_TEMPLATE = "{{ value if value else None }}"  # an empty (cleared) label is unknown, not ""
+SNAPSHOT_CONTENT_TYPE = "image/jpeg"  # the image platform's content_type (it takes image_topic, not url_topic)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class PipelineEntities:
     labels: tuple[str, ...] = ()  # reported labels (counts and occupancy)
     zones: tuple[ZoneEntities, ...] = ()
     events: bool = True  # events, counts and label topics are published
+    snapshots: bool = True  # {pipeline}/snapshot (answers to snapshot/get, periodic snapshots)
+    label_snapshots: bool = True  # {pipeline}/{label}/snapshot (the best frame of each tracked label)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,14 @@ def components_of(device: AgentDevice, pipeline: PipelineEntities) -> dict[str, 
         found[ids.component("events")] = ids.entity("event", "events", "events", {
             "state_topic": f"{base}/events", "event_types": EVENT_TYPES[pipeline.task],
             "value_template": EVENT_TEMPLATE})
+    if pipeline.snapshots:
+        found[ids.component("snapshot")] = ids.entity("image", "snapshot", "snapshot", {
+            "image_topic": f"{base}/snapshot", "content_type": SNAPSHOT_CONTENT_TYPE})
+    if pipeline.snapshots and pipeline.label_snapshots and pipeline.events and pipeline.task in TRACKED_TASKS:
+        for label in pipeline.labels:
+            what = f"{slug(label) or label_segment(label)}_snapshot"
+            found.setdefault(ids.component(what), ids.entity("image", what, f"{label} snapshot", {
+                "image_topic": f"{base}/{label_segment(label)}/snapshot", "content_type": SNAPSHOT_CONTENT_TYPE}))
     found.update(_diagnostics(ids, device))
     return found
 

@@ -39,7 +39,8 @@ def pipeline_entities(config: PipelineConfig, task: str, model_labels: Sequence[
     """What a pipeline offers Home Assistant, from its configuration and its model."""
     labels = reported_labels(config.track, model_labels) if task in TRACKED_TASKS else ()
     zones = tuple(ZoneEntities(z.name, tuple(l for l in labels if not z.labels or l in z.labels)) for z in config.zones)
-    return PipelineEntities(config.name, task, labels, zones if task in TRACKED_TASKS else (), config.events.enabled)
+    return PipelineEntities(config.name, task, labels, zones if task in TRACKED_TASKS else (), config.events.enabled,
+                            snapshots="mqtt" in config.sinks, label_snapshots=config.snapshot.events)
 
 
 class DiscoveryAnnouncer:
