@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-retrain test-slow test-wheels install install-test mosquitto systemd-analyze clean
+.PHONY: demo test test-fast test-retrain test-slow test-wheels install install-test mosquitto systemd-analyze chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,13 +66,19 @@ systemd-analyze:
 	  ( echo "installing systemd for systemd-analyze (apt-get)"; $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq systemd >/dev/null )
 
+# chromium: the headless browser tests/test_views_agent.py loads the status page with (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( echo "installing chromium for the status page test (apt-get)"; $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null )
+
 demo: install mosquitto
 	$(BIN)/edge-agent demo
 
 # The whole suite, as CI runs it (.ci/run), but for the tests marked retrain (minutes of
 # retraining a model from models/ to check it reproduces the committed files byte for byte):
 # `make test-retrain` runs those. -ra (pyproject.toml) lists every skip with its reason.
-test: install-test test-wheels mosquitto systemd-analyze
+test: install-test test-wheels mosquitto systemd-analyze chromium
 	$(BIN)/python -m pytest -q -m "not retrain"
 
 test-retrain: install-test
@@ -82,7 +88,7 @@ test-slow: test-retrain  # its first name
 # The edit loop: every test but the slow ones (@pytest.mark.slow) and those that import
 # TensorFlow (@pytest.mark.tensorflow). Run one file or test with
 # .venv/bin/python -m pytest -q tests/test_x.py::test_name
-test-fast: install-test mosquitto systemd-analyze
+test-fast: install-test mosquitto systemd-analyze chromium
 	$(BIN)/python -m pytest -q -m "not slow and not tensorflow"
 
 clean:

@@ -28,6 +28,7 @@ from edge_agent.service.process_setup import setup_process
 from edge_agent.service.registry import PipelineRegistry
 from edge_agent.service.reload import apply_log_level, effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
+from edge_agent.service.views import AgentViews
 from edge_agent.sinks import Sink
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Agent:
         self.mqtt = None
         self.updates = None  # ModelUpdates, when the agent has an MQTT connection
         self.discovery = None  # DiscoveryAnnouncer, when [homeassistant] is enabled
+        self.views = AgentViews(self)  # snapshots, the HTTP server, metrics (service.views)
         self._sinks: dict[str, Sink] = {}
         self.model_guard = ModelGuard(self.stop_event)  # every model is loaded in a child first
         self.notifier = Notifier.from_environment()
@@ -91,7 +93,10 @@ class Agent:
             self.model_guard.prefetch(self.config, [(p, self._model_path(p)) for p in self.config.pipelines])
             try:
                 self._make_sinks()
-            except InputError as err:  # MqttSetupError: unreadable password or certificate files
+                if self.mqtt is not None:
+                    self.views.attach_mqtt(self.mqtt)  # subscribes before connecting
+                self.views.start_server()  # before any pipeline: a port that cannot be used fails the start
+            except InputError as err:  # unreadable password, certificate or token files; an HTTP port taken
                 logger.error("%s", err)
                 return 2
             self._make_pipelines()
@@ -206,7 +211,8 @@ class Agent:
             config.publish.predictions != "every_frame"
         pipeline = Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq,
                             interpreter_factory=self._interpreter if interprets else None, messages=messages,
-                            saved_state=messages.saved_state(config.name) if messages is not None else None)
+                            saved_state=messages.saved_state(config.name) if messages is not None else None,
+                            view=self.views.tap_for(config))
         logger.info("pipeline %s: stages on %s", config.name, pipeline.runner.description)
         return pipeline
 
@@ -283,7 +289,11 @@ class Agent:
             self._follow_reload()
             if self.stop_event.is_set():
                 return
-            if time.monotonic() >= next_state or self._state_now.is_set():
+            now = time.monotonic()
+            for pipeline in self.pipelines.values():
+                pipeline.sample_rate(now)
+            self.views.tick(now)
+            if now >= next_state or self._state_now.is_set():
                 self._state_now.clear()
                 self.publish_state()
                 next_state = time.monotonic() + interval_s
@@ -349,6 +359,7 @@ class Agent:
                 pipeline.stop()
                 if not pipeline.join(self.config.shutdown_timeout_s):
                     pipeline.abandon()  # hung: nothing more may be published under its name
+                self.views.forget(name)
                 logger.info("reload: pipeline %s removed", name)
         for config in plan.swap_model:
             self._swap_model(config)
@@ -413,6 +424,7 @@ class Agent:
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
         self._stopping.set()  # no model install starts a pipeline from now on
+        self.views.stop()  # live views end, no snapshot is answered from now on
         self.model_guard.close()
         if self.updates is not None:
             self.updates.stop()

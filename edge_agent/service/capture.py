@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -32,6 +32,15 @@ class PreparedFrame:
     index: int
     captured_at: float
     captured_mono: float
+    image: np.ndarray | None = None  # a copy for the views, only while they want this frame (views.tap)
+
+
+class ViewTap(Protocol):
+    """What capture needs of a view tap (edge_agent.views.tap.PipelineTap)."""
+
+    due_mono: float
+
+    def claim(self, now_mono: float) -> bool: ...
 
 
 class Heartbeat:
@@ -53,8 +62,10 @@ class Heartbeat:
 class FrameCapture:
     """Reads one pipeline's source and prepares its frames; `run(deliver)` is the capture loop."""
 
-    def __init__(self, config: PipelineConfig, stop: threading.Event, current_model: Callable[[], ActiveModel]):
+    def __init__(self, config: PipelineConfig, stop: threading.Event, current_model: Callable[[], ActiveModel],
+                 view: ViewTap | None = None):
         self.config = config
+        self.view = view
         self.live = is_live(config.source)
         self.health: SourceHealth | None = None
         self.frames = 0  # frames read from the source
@@ -113,7 +124,10 @@ class FrameCapture:
                 active = self._current_model()
                 buffer = active.acquire_buffer()
                 geometry = active.preprocessor.prepare(image, buffer)
-                if not deliver(PreparedFrame(active, buffer, geometry, index, captured_at, captured_mono)):
+                view = self.view
+                # one attribute read per frame while nobody looks; the source reuses `image`, hence the copy
+                kept = image.copy() if view is not None and captured_mono >= view.due_mono and view.claim(captured_mono) else None
+                if not deliver(PreparedFrame(active, buffer, geometry, index, captured_at, captured_mono, kept)):
                     return
         finally:
             source.close()

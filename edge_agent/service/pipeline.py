@@ -21,9 +21,11 @@ from edge_agent.records import Prediction
 from edge_agent.service.active_model import ActiveModel
 from edge_agent.service.capture import FrameCapture, PreparedFrame
 from edge_agent.service.runners import Inferred, choose_runner
+from edge_agent.service.rate import RateMeter
 from edge_agent.service.source_health import SourceHealth
 from edge_agent.sinks import MessageSink, Sink
 from edge_agent.sources import SourceError
+from edge_agent.views.tap import PipelineTap, ViewFrame
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig, device_id: str, active: ActiveModel, sinks: list[Sink], last_seq: int = 0,
                  interpreter_factory: InterpreterFactory | None = None, messages: MessageSink | None = None,
-                 saved_state: dict[str, str] | None = None):
+                 saved_state: dict[str, str] | None = None, view: PipelineTap | None = None):
         self.config = config
         self.name = config.name
         self.device_id = device_id
@@ -48,6 +50,10 @@ class Pipeline:
         self.sink_errors = 0
         self.first_published_mono: float | None = None
         self.inference_ms = 0.0  # the last frame's, for the state topic
+        self.total_ms: float | None = None  # capture → publish of the last published prediction
+        self._rate = RateMeter()
+        # the views' hand-off (edge_agent.views.tap): a copy of a frame only while someone looks
+        self._view = view
         # the interpret stage: built for the model in use; its messages go to `messages` (the MQTT publisher)
         self._interpreter_factory = interpreter_factory
         self._messages = messages
@@ -55,12 +61,11 @@ class Pipeline:
         self._interpreted_model = active
         self._active = active
         self.stop_event = threading.Event()
-        self.capture = FrameCapture(config, self.stop_event, lambda: self._active)
+        self.capture = FrameCapture(config, self.stop_event, lambda: self._active, view)
         self.live = self.capture.live
         self._abandoned = False  # replaced while an invoke hung: whatever it still produces is dropped
         self._finished = threading.Event()
         self._seq = last_seq
-        self._fps_mark = (0, time.monotonic())  # frames processed and when, at the last snapshot
         self._failing_sinks: set[str] = set()
         # a file replayed with realtime = true behaves like a camera: the newest frame wins
         self.runner = choose_runner(self, active.invoke_ms, newest_wins=self.live or config.source.realtime,
@@ -174,13 +179,17 @@ class Pipeline:
 
     def output_idle(self) -> None:
         if self._interpreter is not None and not self._abandoned:
-            self._send_interpreted(self._interpreter.tick(time.time()))  # objects leave without frames
+            self._send_interpreted(self._interpreter.tick(time.time()), shown=True)  # objects leave without frames
 
     def output_finished(self) -> None:
         if self._interpreter is not None and not self._abandoned:
-            self._send_interpreted(self._interpreter.finish())  # every open event ends, counts fall to 0
+            self._send_interpreted(self._interpreter.finish(), shown=True)  # every open event ends, counts fall to 0
 
-    def _send_interpreted(self, result: Interpretation) -> None:
+    def _send_interpreted(self, result: Interpretation, shown: bool = False) -> None:
+        """Publish what the interpret stage says; `shown`: also list its events in the views (events
+        of frames are shown with their frame, in publish)."""
+        if shown and result.events and self._view is not None:
+            self._view.show(None, result.events)
         if self._messages is None or (not result.messages and result.state is None):
             return
         try:
@@ -210,11 +219,16 @@ class Pipeline:
         self.inference_ms = item.inference_ms
         interpreter = self._interpreter_for(active)
         track_ids: tuple[int | None, ...] = ()
+        result = None
         if interpreter is not None:
             result = interpreter.step(frame.captured_at, decoded.detections, decoded.classes, decoded.outputs)
             track_ids = result.track_ids
             if result.messages:
                 self._send_interpreted(result)
+        view = self._view
+        if view is not None:
+            self._show(view, item, decoded, track_ids, result.events if result is not None else ())
+        if result is not None:
             if not result.publish_prediction:
                 if self.first_published_mono is None:  # start-up is over once a frame went through (systemd READY)
                     self.first_published_mono = time.monotonic()
@@ -249,18 +263,37 @@ class Pipeline:
                     self._failing_sinks.add(sink.name)
                     logger.exception("pipeline %s: sink %s failed", self.name, sink.name)
         self.frames_published += 1
+        self.total_ms = prediction.total_ms
+        if view is not None and view.observe_total is not None:
+            view.observe_total(prediction.total_ms / 1000.0)
         if self.first_published_mono is None:
             self.first_published_mono = time.monotonic()
 
+    def _show(self, view: PipelineTap, item: Inferred, decoded, track_ids: tuple[int | None, ...], events) -> None:
+        """Hand the frame to the views when capture kept an image of it (they draw it on their own threads)."""
+        if view.observe_inference is not None:
+            view.observe_inference(item.inference_ms / 1000.0)
+        frame = item.frame
+        if frame.image is None and not events:
+            return
+        shown = ViewFrame(frame.image, frame.index, frame.captured_at, frame.active.task, decoded, track_ids) \
+            if frame.image is not None else None
+        try:
+            view.show(shown, events)
+        except Exception:  # the views' bug must not stop the pipeline
+            self.sink_errors += 1
+            logger.exception("pipeline %s: the views failed", self.name)
+
     # --- reporting ---------------------------------------------------------------
+    def sample_rate(self, now_mono: float) -> None:
+        """The agent's main loop keeps the fps window fresh (see service.rate)."""
+        self._rate.sample(self.frames_processed, now_mono)
+
     def snapshot(self) -> dict:
-        """Counters and identity for the state topic; fps is measured since the previous snapshot."""
+        """Counters and identity for the state topic; fps over the last few seconds (service.rate)."""
         active, health = self._active, self.source_health
-        now, processed = time.monotonic(), self.frames_processed
-        frames_then, then = self._fps_mark
-        self._fps_mark = (processed, now)
         return {
-            "fps": round((processed - frames_then) / max(now - then, 1e-6), 2),
+            "fps": round(self._rate.rate(self.frames_processed, time.monotonic()), 2),
             "status": self.status,
             "source": {"state": health.state if health else "connecting", "live": self.live,
                        "error": health.error if health else ""},
@@ -269,6 +302,7 @@ class Pipeline:
             "frames_published": self.frames_published,
             "frames_dropped": self.frames_dropped,
             "inference_ms": round(self.inference_ms, 3),
+            "total_ms": round(self.total_ms, 3) if self.total_ms is not None else None,
             "model": {"name": active.ref.name, "sha256": active.ref.sha256, "version": active.ref.version},
             "task": active.task,
             "runtime": active.model.runtime,
