@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from edge_agent.records import ClassScore, Detection
-from edge_agent.views.drawing import ZONE_COLOUR, class_colour, crop_box_for, render
-from edge_agent.views.snapshots import encode_jpeg
+from edge_agent.views.drawing import ZONE_COLOUR, class_colour, crop_box_for, encode_jpeg, render
 
 W, H = 320, 240
 SQUARE = (100, 60, 148, 108)  # x0, y0, x1, y1 (exclusive) of a red square

@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from edge_agent.interpret.events import ObjectEvent
 from edge_agent.records import Detection
@@ -161,3 +162,13 @@ def wait_for(predicate, timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def test_latency_histograms_count_a_value_on_a_bound_in_that_bucket_and_add_up():
+    from edge_agent.views.latency import LatencyHistogram
+
+    histogram = LatencyHistogram((0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 0.01, 7.0):
+        histogram.observe(seconds)
+    assert histogram.cumulative() == [("0.001", 2), ("0.01", 4), ("+Inf", 5)]
+    assert histogram.sum_s == pytest.approx(7.0135)

@@ -10,6 +10,7 @@ time to its first prediction.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ runtime = "{runtime}"
 num_threads = {threads}
 source = {{ uri = "{source}", loop = true, realtime = {realtime} }}
 max_fps = {max_fps}
-{interpret}"""
+{interpret}{http}"""
 
 # `bench --interpret`: tracking, events, counts, two zones and Home Assistant discovery on; without
 # it they are off, so the two runs differ by the interpret stage alone
@@ -60,6 +61,11 @@ enabled = true
 INTERPRET_OFF = """[pipelines.bench.events]
 enabled = false
 """
+# `bench --http`: the HTTP server listening, nobody watching (the cost the views may add while unwatched)
+HTTP_ON = """[http]
+enabled = true
+listen = "127.0.0.1:{port}"
+"""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class BenchOptions:
     broker: str = ""
     interpret: bool = False  # tracking, events, counts, zones and Home Assistant discovery on
     rounds: int = DEFAULT_ROUNDS
+    http: bool = False  # the HTTP server on, nobody watching
 
 
 def default_model() -> str:
@@ -106,6 +113,7 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
                 runtime=runtime, threads=threads, source=Path(source).resolve() if Path(source).exists() else source,
                 max_fps=max_fps, realtime="true" if max_fps else "false",
                 interpret=INTERPRET_ON if options.interpret else INTERPRET_OFF,
+                http=HTTP_ON.format(port=free_port()) if options.http else "",
             )
 
         decode_ms, layout = decode_time_ms(pipeline)
@@ -162,7 +170,14 @@ def run_bench(options: BenchOptions, progress=print) -> dict:
         "rounds": summary["rounds"],
         "round_s": round(window_s, 3),
         "per_round": summary["per_round"],
+        "http": options.http,
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _default_source(workdir: Path) -> str:
@@ -184,6 +199,7 @@ def format_results(r: dict) -> str:
     rows = [
         ("model", f"{Path(r['model']).name} ({r['runtime']}, {r['threads']} of {r['cores']} cores)"),
         ("interpret stage", "on (tracking, events, counts, 2 zones, Home Assistant)" if r.get("interpret") else "off"),
+        ("HTTP server", "on, nobody watching" if r.get("http") else "off"),
         ("source", r["source"]),
         ("interpreter alone", f"{r['interpreter_fps']:.1f} fps ({r['invoke_ms']:.2f} ms/invoke)"),
         ("decode", f"{r['decode_ms']:.3f} ms/frame median"),

@@ -265,6 +265,8 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--broker", type=broker_address, help="HOST:PORT of a broker to use (default: start a private mosquitto)")
     bench.add_argument("--interpret", action="store_true",
                        help="turn tracking, events, counts, zones and Home Assistant discovery on (default: off)")
+    bench.add_argument("--http", action="store_true",
+                       help="turn the HTTP server on, nobody watching (default: off; see python -m edge_agent.views.benchmark)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=bench_command)
 
@@ -274,7 +276,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
     broker = f"{args.broker[0]}:{args.broker[1]}" if args.broker else ""
     options = BenchOptions(args.model or "", args.source or "", args.threads, args.seconds, args.runtime, broker,
-                           interpret=args.interpret, rounds=args.rounds)
+                           interpret=args.interpret, rounds=args.rounds, http=args.http)
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         results = run_bench(options, progress)

@@ -3,7 +3,7 @@
 A tap belongs to a pipeline's name, not to one Pipeline object, so a live view stays open across
 a reload or a model push that replaces the pipeline. Taps exist when someone could look (MQTT
 snapshot requests, or the HTTP server); without MQTT and HTTP a pipeline gets none and pays
-nothing. prometheus_client and the server are imported only when [http] is enabled.
+nothing. The server is imported only when [http] is enabled, prometheus_client at the first scrape.
 """
 
 from __future__ import annotations
@@ -48,11 +48,9 @@ class AgentViews:
             return
         from edge_agent.views.access import Access, read_token, tls_context
         from edge_agent.views.http_server import ViewServer
-        from edge_agent.views.metrics import AgentMetrics
 
         access = Access(read_token(self._http.token_file) if self._http.token_file else None)
         tls = tls_context(self._http)
-        self.metrics = AgentMetrics(self.state, self.taps, self._snapshot_counts)
         self.server = ViewServer(self._http, self, access, tls)
         self.server.start()
 
@@ -80,8 +78,8 @@ class AgentViews:
                 tap = PipelineTap(config.name, self._http.live_fps)
                 self._taps = MappingProxyType({**self._taps, config.name: tap})
         tap.configure(config)
-        if self.metrics is not None:
-            self.metrics.feed(tap)
+        if self._http.enabled:
+            tap.measure_latency()
         if self.snapshots is not None:
             self.snapshots.attach(tap, served="mqtt" in config.sinks)
         return tap
@@ -90,8 +88,6 @@ class AgentViews:
         """The pipeline was removed (reload)."""
         with self._lock:
             self._taps = MappingProxyType({k: v for k, v in self._taps.items() if k != name})
-        if self.metrics is not None:
-            self.metrics.forget(name)
 
     def tick(self, now_mono: float) -> None:
         """From the agent's main loop: frames nobody used for a while are let go."""
@@ -125,8 +121,12 @@ class AgentViews:
         return healthy, {"ok": healthy, "pipelines": report}
 
     def metrics_exposition(self) -> tuple[bytes, str]:
-        from edge_agent.views.metrics import CONTENT_TYPE
+        """The exposition; prometheus_client is imported at the first scrape (nothing to pay before)."""
+        from edge_agent.views.metrics import CONTENT_TYPE, AgentMetrics
 
+        with self._lock:
+            if self.metrics is None:
+                self.metrics = AgentMetrics(self.state, self.taps, self._snapshot_counts)
         return self.metrics.exposition(), CONTENT_TYPE
 
     def _snapshot_counts(self) -> dict[str, int]:

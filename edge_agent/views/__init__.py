@@ -9,7 +9,8 @@
   drawing.py    OpenCV overlays: boxes, labels, scores, track ids, poses, masks, zones, timestamp
   snapshots.py  JPEG snapshots, and the MQTT side: snapshot/get requests (rate-limited), periodic
                 snapshots, the best frame of each tracked label (retained)
-  metrics.py    the Prometheus registry (prometheus_client): latency histograms, counters read at scrape time
+  latency.py    per-frame latency histograms cheap enough for every frame (no lock)
+  metrics.py    /metrics through prometheus_client (imported at the first scrape), read at scrape time
   access.py     who may use the HTTP server: token (constant-time compare), TLS with client certificates
   http_server.py the local HTTP server (the standard library's ThreadingHTTPServer, bounded)
   status_page.py the status page's HTML (no external assets)

@@ -13,7 +13,7 @@ of name, x, y, score normalised to the frame) and `mask` (`class_ids` [H, W] in 
 `labels`, and `box_transform` (ay, by, ax, bx) to the frame) when the decoder provides them.
 
 The frame is cropped and resized first and everything is drawn at the output size, so drawing
-costs the same for a 4K camera as for a VGA one.
+costs the same for a 4K camera as for a VGA one. The views' only OpenCV module (encode_jpeg too).
 """
 
 from __future__ import annotations
@@ -210,6 +210,13 @@ def draw_classes(canvas: np.ndarray, classes: Sequence[Any], style: _Style, show
     for row, item in enumerate(classes[:shown]):
         _label(canvas, f"{item.label} {item.score * 100:.0f}%", (style.pad, style.pad + row * line_height),
                class_colour(int(item.id)), style, anchor="top")
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("OpenCV could not encode the picture as JPEG")
+    return data.tobytes()
 
 
 def _certain(keypoint: Any) -> bool:

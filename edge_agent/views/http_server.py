@@ -47,6 +47,7 @@ MAX_HEAD_BYTES = 16384  # request line and headers together
 POLL_S = 0.5  # live loops look at the stop flag this often
 BOUNDARY = "edgeagentframe"
 LIVE_SEND_BUFFER_BYTES = 128 * 1024
+LIVE_REPEAT_S = 2.0  # without new frames, a live view sends its last one again this often
 SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
@@ -374,13 +375,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LIVE_SEND_BUFFER_BYTES)
         server, height = self.server, self.server.live_height
         render: Callable[[Any], bytes] = lambda f: snapshot_jpeg(tap, f, height=height)  # noqa: E731
-        seq, next_due = 0, 0.0
+        seq, next_due, last_sent = 0, 0.0, time.monotonic()
         with tap.watching():
             while not server.stopping.is_set():
                 frame = tap.wait_newer(seq, POLL_S)
                 if frame is None:
-                    continue
-                seq = frame.seq
+                    # no new frame (a lost camera, an ended file): the last one again now and then, so that
+                    # a client that stopped reading is still found out (and its connection freed)
+                    frame = tap.latest() if time.monotonic() - last_sent >= LIVE_REPEAT_S else None
+                    if frame is None:
+                        continue
+                seq, last_sent = frame.seq, time.monotonic()
                 jpeg = tap.jpeg(frame, ("live", height), render)
                 self.wfile.write(b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
                                  % (BOUNDARY.encode(), len(jpeg), jpeg))

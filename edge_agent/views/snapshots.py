@@ -21,10 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import cv2
-
 from edge_agent.config.schema import label_segment
-from edge_agent.views.drawing import crop_box_for, render
+from edge_agent.views.drawing import crop_box_for, encode_jpeg, render
 from edge_agent.views.tap import PipelineTap, ViewFrame
 
 logger = logging.getLogger(__name__)
@@ -33,13 +31,6 @@ REQUEST_INTERVAL_S = 1.0  # per pipeline: one answer to snapshot/get at most thi
 LABEL_INTERVAL_S = 1.0  # per pipeline and label: one event snapshot at most this often
 REQUEST_FRAME_TIMEOUT_S = 3.0  # a request waits this long for a new frame, then takes the newest there is
 POLL_S = 0.2
-
-
-def encode_jpeg(image, quality: int) -> bytes:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("OpenCV could not encode the snapshot as JPEG")
-    return data.tobytes()
 
 
 def snapshot_jpeg(tap: PipelineTap, frame: ViewFrame, height: int | None = None,

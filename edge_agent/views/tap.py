@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from edge_agent.config import PipelineConfig, SnapshotConfig
+from edge_agent.views.latency import LatencyHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ class PipelineTap:
         self.due_mono = math.inf  # read by the capture stage without a lock (a float store is atomic)
         self.settings = ViewSettings(name)
         self.on_event_frame: EventFrameCallback | None = None  # set when event snapshots are published
-        self.observe_inference: LatencyCallback | None = None  # the metrics' histograms, when served
+        # latency histograms (views.latency), when /metrics is served; the pipeline observes into them
+        self.inference_latency: LatencyHistogram | None = None
+        self.total_latency: LatencyHistogram | None = None
+        self.observe_inference: LatencyCallback | None = None
         self.observe_total: LatencyCallback | None = None
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.frames_shown = 0
@@ -92,6 +96,12 @@ class PipelineTap:
     def configure(self, config: PipelineConfig) -> None:
         """The pipeline (re)started with `config`."""
         self.settings = ViewSettings.of(config)
+
+    def measure_latency(self) -> None:
+        """Keep latency histograms (for /metrics), across pipeline restarts."""
+        if self.inference_latency is None:
+            self.inference_latency, self.total_latency = LatencyHistogram(), LatencyHistogram()
+            self.observe_inference, self.observe_total = self.inference_latency.observe, self.total_latency.observe
 
     def claim(self, now_mono: float) -> bool:
         """Capture stage, for a frame captured at `now_mono` >= due_mono: keep a copy of it? (It may
