@@ -2,7 +2,7 @@
 
   /                               the status page (views.status_page), refreshing itself
   /pipelines/NAME/live            MJPEG (multipart/x-mixed-replace) with overlays, at most live_fps
-  /pipelines/NAME/snapshot.jpg    one annotated JPEG of a frame captured after the request
+  /pipelines/NAME/snapshot.jpg    one annotated JPEG of the next frame the pipeline processes
   /api/state                      the state topic's JSON
   /api/events                     each pipeline's recent events (what the page lists)
   /healthz                        200 while every pipeline's loops beat, 503 otherwise

@@ -209,7 +209,7 @@ class PipelineTap:
             return latest if latest is not None and latest.seq > after_seq else None
 
     def next_frame(self, timeout_s: float) -> ViewFrame | None:
-        """A frame captured after this call; after `timeout_s` without one (a lost camera, an ended
+        """The next frame shown after this call; after `timeout_s` without one (a lost camera, an ended
         file), the newest frame there is, which may be None."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
