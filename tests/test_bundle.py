@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, REPO, write_config
+from support import DEMO, DEMO_FLOAT_MODEL, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, REPO, write_config
 from edge_agent.cli import main
 from edge_agent.config import parse_config
 from edge_agent.delivery.bundle import (
@@ -29,6 +29,7 @@ from edge_agent.delivery.bundle import (
 )
 from edge_agent.delivery.keys import load_private_key, load_public_key
 from edge_agent.delivery.manifest import FORMAT_VERSION
+from edge_agent.host.metadata import CONVERSION_INFO_FILE, attach_files, conversion_info_bytes
 from edge_agent.service.active_model import build_active_model
 from edge_agent.service.model_source import open_model
 
@@ -228,6 +229,38 @@ def test_bundle_create_takes_options_over_what_the_model_says(keys, capsys, tmp_
     assert manifest.name == "digits_float32" and manifest.version == "unversioned"
     assert (manifest.preprocessing.resize, manifest.preprocessing.color) == ("letterbox", "bgr")
     assert manifest.preprocessing.mean == (127.5,) and manifest.input["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("model, layout", [
+    (DEMO / "digits_detector_int8.tflite", "yolo-v8"),  # the project's trained detector (YOLOv8 layout)
+    (MODELS / "face_detection_short_range.tflite", "anchor-ssd"),  # MediaPipe's BlazeFace
+    (MODELS / "yolov8_pose_layout.tflite", "yolo-pose"),
+    (MODELS / "selfie_segmentation.tflite", "segmentation-foreground"),
+])
+def test_bundle_create_records_the_task_the_board_decodes(capsys, tmp_path, model, layout):
+    """The manifest's task overrides task = "auto" on the board: it must be the layout matcher's, not "raw"."""
+    on_board = build_active_model(parse_config({"pipelines": {"p": {"model": str(model), "source": "0"}}}).pipelines[0])
+    assert on_board.layout.layout == layout
+    out = tmp_path / "model.eab"
+    status, stdout, stderr = run_cli(capsys, "bundle", "create", model, "-o", out)
+    assert status == 0, stderr
+    manifest = read_bundle(out).manifest
+    assert manifest.task == on_board.task != "raw" and f", {on_board.task}," in stdout
+    from_bundle = build_active_model(parse_config({"pipelines": {"p": {"model": str(out), "source": "0"}}}).pipelines[0])
+    assert (from_bundle.task, from_bundle.layout.layout) == (on_board.task, layout)
+
+
+def test_a_raw_task_guessed_by_an_older_convert_is_guessed_again(capsys, tmp_path):
+    """Before `task_option` was recorded, convert guessed "raw" for every layout but classification and SSD."""
+    detector = (DEMO / "digits_detector_int8.tflite").read_bytes()
+    for info, expected in (({"task": "raw"}, "detection"),  # an older convert's guess
+                           ({"task": "raw", "task_option": "raw"}, "raw"),  # convert --task raw: kept
+                           ({"task": "detection", "task_option": None}, "detection")):
+        model = tmp_path / "detector.tflite"
+        model.write_bytes(attach_files(detector, {CONVERSION_INFO_FILE: conversion_info_bytes(info)}))
+        status, _, stderr = run_cli(capsys, "bundle", "create", model, "-o", tmp_path / "d.eab")
+        assert status == 0, stderr
+        assert read_bundle(tmp_path / "d.eab").manifest.task == expected, info
 
 
 # ---------------------------------------------------------------------------- the device side

@@ -1,7 +1,9 @@
 """Make a bundle from a .tflite: fill in the manifest from the model, its attached files and options.
 
 Where each manifest field comes from, first match wins:
-  task           --task; what `convert` recorded; guessed from the outputs (as `inspect` does)
+  task           --task; what `convert --task` was given; else the layout matcher's task for the outputs
+                 (what `task = "auto"` decodes on the board and `inspect` shows: YOLO, anchor SSD,
+                 pose and segmentation layouts included)
   labels         --labels FILE; what `convert --labels` recorded (any task); the model's attached labels.txt
   preprocessing  --resize/--color/--mean/--std; what `convert` recorded; the agent's defaults
   input          the model's first input tensor (name, shape, dtype, quantisation)
@@ -28,9 +30,10 @@ from edge_agent.delivery.device_keys import DevicePublicKey
 from edge_agent.delivery.encryption import encrypt_model
 from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.manifest import FORMAT_VERSION, TASKS, Manifest, ManifestError, manifest_to_bytes, parse_manifest
-from edge_agent.runtime.model import TensorSpec, guess_task
+from edge_agent.runtime.model import TensorSpec
 from edge_agent.runtime.tflite_file import parse_labels, read_model_file
 from edge_agent.runtime.tflite_graph import ModelGraph, TensorInfo, read_graph
+from edge_agent.service.decoding import auto_task
 from edge_agent.errors import InputError
 
 DEFAULT_VERSION = "unversioned"
@@ -55,11 +58,12 @@ def build_manifest(request: BundleRequest) -> tuple[Manifest, bytes]:
     model_file = read_model_file(request.model_path)
     graph = read_graph(model_file.content, request.model_path)
     info = read_conversion_info(model_file)
-    task = request.task or info.get("task") or guess_task(model_file, _output_specs(graph))
-    if task not in TASKS:
-        raise BundleInputError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     recorded = info.get("labels") if isinstance(info.get("labels"), list) else None
     labels = _labels(request, recorded or model_file.labels)
+    task = request.task or _task_convert_was_given(info) or auto_task(
+        model_file, _tensor_spec(_input_tensor(graph)), _output_specs(graph), len(labels) if labels else None)
+    if task not in TASKS:
+        raise BundleInputError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     _check_labels(labels, task, graph)
     preprocessing = dict(info.get("preprocessing") or {})
     preprocessing.update(request.preprocess_overrides or {})
@@ -140,10 +144,25 @@ def _check_labels(labels: list[str] | None, task: str, graph: ModelGraph) -> Non
         )
 
 
-def _input_spec(graph: ModelGraph) -> dict[str, Any]:
+def _task_convert_was_given(info: dict[str, Any]) -> str | None:
+    """The task `convert --task` was given. Records from before `task_option` existed hold convert's
+    own guess in `task`: kept, except "raw", which the old guess gave every layout it did not know
+    (YOLO, anchor SSD, pose, segmentation) and the layout matcher now decodes."""
+    if "task_option" in info:
+        return info["task_option"] or None
+    task = info.get("task")
+    return task if task != "raw" else None
+
+
+def _input_tensor(graph: ModelGraph) -> TensorInfo:
     tensor = graph.tensor(graph.inputs[0]) if graph.inputs else None
     if tensor is None:
         raise BundleInputError("the model has no input tensor")
+    return tensor
+
+
+def _input_spec(graph: ModelGraph) -> dict[str, Any]:
+    tensor = _input_tensor(graph)
     quantized = tensor.quantized and len(tensor.scale) == 1
     return {
         "name": tensor.name,

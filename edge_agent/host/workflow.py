@@ -40,6 +40,7 @@ from edge_agent.delivery.keys import SigningKeyError
 from edge_agent.preprocess import PreprocessError
 from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file
 from edge_agent.runtime.tflite_file import model_file_from_bytes
+from edge_agent.service.decoding import auto_task
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
     converted = convert_to_tflite(to_convert, request.quantize, request.io_type, representative)
     model_file = model_file_from_bytes(request.output, converted)
     loaded = load_model_file(model_file, runtime="auto", num_threads=request.threads or None)
-    task = request.task or loaded.guess_task()
+    task = request.task or auto_task(loaded.file, loaded.input, loaded.outputs, len(labels) if labels else None)
     if labels and task == "classification":
         classes = loaded.outputs[0].shape[-1]
         if len(labels) not in (classes, classes + 1):
@@ -151,6 +152,7 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
         "signature": source.signature,
         "input_layout": source.layout,
         "task": task,
+        "task_option": request.task,  # None: `task` is the layout matcher's, as the board's task = "auto"
         "labels": labels,
         "preprocessing": {"resize": options.resize, "color": options.color, "mean": list(options.mean),
                           "std": list(options.std)},

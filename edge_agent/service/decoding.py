@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_agent.config import ANCHOR_PRESETS, PipelineConfig, PreprocessOptions, resolve_anchor_ssd
@@ -25,6 +26,7 @@ from edge_agent.decode import (
 )
 from edge_agent.preprocess import PreprocessError, image_input_layout
 from edge_agent.runtime import LoadedModel, TensorSpec
+from edge_agent.runtime.tflite_file import ModelFile
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +41,43 @@ class DecoderChoice:
 
 def describe_model(model: LoadedModel) -> ModelDescription:
     """The model as the decoders see it."""
+    return describe_model_file(model.file, model.input, model.outputs)
+
+
+def describe_model_file(model_file: ModelFile, input_spec: TensorSpec, outputs: Sequence[TensorSpec]) -> ModelDescription:
+    """The same from the file and its tensors, without an interpreter (`bundle create` reads only the file)."""
     try:
-        height, width, _, layout = image_input_layout(model.input)
+        height, width, _, layout = image_input_layout(input_spec)
     except PreprocessError:
         height, width, layout = 0, 0, ""
-    metadata = model.file.export_metadata
+    metadata = model_file.export_metadata
     export = ExportFacts()
     if metadata is not None:
         for problem in metadata.problems:
-            logger.warning("%s: metadata.json: %s (that field is ignored)", model.name, problem)
+            logger.warning("%s: metadata.json: %s (that field is ignored)", model_file.name, problem)
         export = ExportFacts(
             producer="ultralytics", task=metadata.task, end2end=metadata.end2end, keypoint_shape=metadata.kpt_shape,
             keypoint_names=metadata.kpt_names, class_count=len(metadata.names) or None,
         )
-    roles = model.file.detection_output_roles
+    roles = model_file.detection_output_roles
     return ModelDescription(
-        name=model.name,
-        input=_tensor_info(model.input),
+        name=model_file.name,
+        input=_tensor_info(input_spec),
         input_height=height,
         input_width=width,
         input_layout=layout,
-        outputs=tuple(_tensor_info(spec) for spec in model.outputs),
-        operators=tuple(model.file.operator_counts),
-        output_roles=tuple(roles.get(spec.index, "") for spec in model.outputs),
+        outputs=tuple(_tensor_info(spec) for spec in outputs),
+        operators=tuple(model_file.operator_counts),
+        output_roles=tuple(roles.get(spec.index, "") for spec in outputs),
         export=export,
     )
+
+
+def auto_task(model_file: ModelFile, input_spec: TensorSpec, outputs: Sequence[TensorSpec],
+              labels_count: int | None = None) -> str:
+    """The task `task = "auto"` gives this model on a board: the layout matcher's (what `inspect` shows),
+    so a tool that records a task (convert, bundle create) records the one the board would decode."""
+    return match_layout(describe_model_file(model_file, input_spec, outputs), "auto", DecodeOptions(), labels_count).task
 
 
 ULTRALYTICS_PAD_PIXEL = 114  # the grey Ultralytics letterboxes with, in training and in its own predict
@@ -118,4 +132,5 @@ def _tensor_info(spec: TensorSpec) -> TensorInfo:
     return TensorInfo(spec.name, spec.shape, spec.dtype, spec.scale, spec.zero_point)
 
 
-__all__ = ["DecoderChoice", "choose_decoder", "decode_options", "describe_model", "explain_model"]
+__all__ = ["DecoderChoice", "auto_task", "choose_decoder", "decode_options", "describe_model", "describe_model_file",
+           "explain_model"]
