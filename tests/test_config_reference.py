@@ -52,3 +52,32 @@ def test_the_hidden_command_prints_the_reference():
     help_text = subprocess.run([sys.executable, "-m", "edge_agent", "--help"], capture_output=True, text=True,
                                cwd=REPO, timeout=60).stdout
     assert "    run " in help_text and "config-reference" not in help_text  # hidden, like selftest
+
+
+def reference_tool(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_agent.config.reference", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+
+
+def test_the_reference_tools_command_line_is_honest(tmp_path):
+    """--help, --check and --update (and the older bare FILE) work; a bad file is one line, no traceback."""
+    result = reference_tool("--help")
+    assert result.returncode == 0 and "--update" in result.stdout and "--check" in result.stdout
+    assert reference_tool("--check", "README.md").returncode == 0
+    stale = tmp_path / "README.md"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stale.write_text(readme.replace("| `pipelines.NAME.labels.LABEL.min_score` |", "| `pipelines.NAME.labels.LABEL.old` |"))
+    result = reference_tool("--check", str(stale))
+    assert result.returncode == 1 and f"--update {stale}" in result.stderr
+    hidden = subprocess.run([sys.executable, "-m", "edge_agent", "config-reference", "--check", str(stale)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert hidden.returncode == 1  # the CLI's hidden command is the same tool
+    result = reference_tool("--update", str(stale))
+    assert result.returncode == 0 and "updated" in result.stdout and stale.read_text(encoding="utf-8") == readme
+    stale.write_text(readme.replace("| `pipelines.NAME.iou` |", "| `pipelines.NAME.eye_oh_you` |"))
+    assert reference_tool(str(stale)).returncode == 0 and stale.read_text(encoding="utf-8") == readme  # older spelling
+    (tmp_path / "plain.md").write_text("# no reference here\n")
+    for args in (("--check", str(tmp_path / "missing.md")), ("--update", str(tmp_path / "plain.md"))):
+        result = reference_tool(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.startswith("error: "), args
+    assert (tmp_path / "plain.md").read_text() == "# no reference here\n"

@@ -316,18 +316,15 @@ def selftest_command(args: argparse.Namespace) -> int:
 
 
 def add_config_reference(commands: argparse._SubParsersAction) -> None:
-    # hidden: prints the README's configuration reference, rendered from the schema
+    # hidden: prints (--update, --check) the README's configuration reference, rendered from the schema
+    from edge_agent.config.reference import add_arguments
+
     reference = commands.add_parser("config-reference")
-    reference.add_argument("--update", type=Path, metavar="README.md", help="rewrite the reference in this file instead")
+    add_arguments(reference)
     reference.set_defaults(handler=config_reference_command)
 
 
 def config_reference_command(args: argparse.Namespace) -> int:
-    from edge_agent.config.reference import render_reference, update_readme
+    from edge_agent.config.reference import run
 
-    if args.update:
-        changed = update_readme(args.update)
-        print(f"{args.update}: {'updated' if changed else 'already up to date'}")
-    else:
-        print(render_reference(), end="")
-    return EXIT_OK
+    return run(args.update, args.check)

@@ -11,7 +11,8 @@ Adding a key is one line in schema.py, e.g. in PipelineConfig:
     min_area: float = setting(0.0, "detections smaller than this share of the frame are dropped",
                               minimum=0.0, maximum=1.0)
 
-then `python -m edge_agent.config.reference --update README.md` regenerates the reference.
+then `python -m edge_agent.config.reference --update README.md` regenerates the reference (`--check
+README.md` tells whether it is current).
 A new table is a new frozen dataclass of such fields, used as a field's type (`X | None` when
 the table's absence means something); a table of named tables is `tuple[X, ...]` (pipelines).
 Checks across keys go in the dataclass's `cross_check()`; keys of an irregular shape (a string

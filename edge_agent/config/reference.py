@@ -1,13 +1,19 @@
 """The configuration reference (key, type, default, allowed values, description), rendered from the
 schema's declarations, so that the README states what schema.py says and nothing else.
 
-`edge-agent config-reference` prints it; `edge-agent config-reference --update README.md` (or
-`python -m edge_agent.config.reference README.md`) rewrites the README's generated block, and
-tests/test_config_reference.py fails while the README differs from the schema.
+Its command line (`edge-agent config-reference` is the same command, hidden from the help):
+
+    python -m edge_agent.config.reference                     print the reference
+    python -m edge_agent.config.reference --update README.md  rewrite the README's generated block
+    python -m edge_agent.config.reference --check README.md   exit 1 when that block differs from the schema
+
+(A bare file name, `python -m edge_agent.config.reference README.md`, is the older spelling of
+--update.) tests/test_config_reference.py fails while the README differs from the schema.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -17,6 +23,7 @@ from typing import Any
 from edge_agent.config.parser import field_default, optional_type, type_hints
 from edge_agent.config.schema import AgentConfig
 from edge_agent.config.setting import Setting, setting_of
+from edge_agent.errors import InputError
 
 BEGIN = ("<!-- generated from edge_agent/config/schema.py by `edge-agent config-reference --update README.md`: "
          "change the schema, not these tables -->")
@@ -148,6 +155,60 @@ def readme_reference(text: str) -> str:
     return text[start:end].strip("\n") + "\n"
 
 
+class ReferenceFileError(InputError):
+    """The file to update or check cannot be read or has no generated block."""
+
+
+def _read_block_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReferenceFileError(f"{path} cannot be read: {err}") from None
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise ReferenceFileError(f"{path} has no generated configuration reference: it needs the lines\n{BEGIN}\n{END}\n"
+                                 "(in that order) where the tables go")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--update FILE | --check FILE (the CLI's hidden `config-reference` command takes the same)."""
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--update", type=Path, metavar="README.md",
+                        help="rewrite the generated block in this file instead of printing the reference")
+    action.add_argument("--check", type=Path, metavar="README.md",
+                        help="exit 1 (naming the fix) when this file's generated block differs from the schema")
+
+
+def run(update: Path | None = None, check: Path | None = None) -> int:
+    """Print, update or check; the exit status (2: the file is missing or has no block)."""
+    try:
+        if update is not None:
+            _read_block_file(update)
+            print(f"{update}: {'updated' if update_readme(update) else 'already up to date'}")
+        elif check is not None:
+            if readme_reference(_read_block_file(check)) != render_reference():
+                print(f"{check}: the configuration reference differs from edge_agent/config/schema.py: run "
+                      f"`python -m edge_agent.config.reference --update {check}`", file=sys.stderr)
+                return 1
+            print(f"{check}: the configuration reference matches the schema")
+        else:
+            print(render_reference(), end="")
+    except ReferenceFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.config.reference",
+                                     description="The configuration reference, rendered from edge_agent/config/schema.py.")
+    add_arguments(parser)
+    parser.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the older spelling of --update FILE")
+    args = parser.parse_args(argv)
+    if args.file is not None and (args.update or args.check):
+        parser.error("give the file once: --update FILE or --check FILE")
+    return run(args.update or args.file, args.check)
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["README.md"]:
-        print(f"{name}: {'updated' if update_readme(Path(name)) else 'already up to date'}")
+    sys.exit(main())

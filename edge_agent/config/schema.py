@@ -295,11 +295,16 @@ class ZoneConfig:
 
 @dataclass(frozen=True)
 class LabelFilterConfig:
-    """Per-label filters of a detection pipeline (`[pipelines.NAME.labels.LABEL]`)."""
+    """Per-label filters of a detection pipeline (`[pipelines.NAME.labels.LABEL]`). Two scores, as Frigate
+    names them: `min_score` (decode: each frame's detections) and `threshold` (interpret: an object's `new`)."""
 
     name: str = derived("the label, as the model names it", lambda table, values: table.name)
-    threshold: float | None = setting(None, "median score an object's first min_frames frames must reach to count",
+    min_score: float | None = setting(None, "decode: minimum score of this label's detections in each frame, "
+                                            "overriding the pipeline's threshold (Frigate's min_score)",
                                       minimum=0.0, maximum=1.0, default_text="the pipeline's threshold")
+    threshold: float | None = setting(None, "interpret: median score an object's first min_frames frames must reach "
+                                            "before its `new` event (Frigate's threshold)",
+                                      minimum=0.0, maximum=1.0, default_text="min_score, else the pipeline's threshold")
     min_area: float = setting(0.0, "boxes smaller than this share of the frame are not tracked", minimum=0.0, maximum=1.0)
 
 
@@ -310,7 +315,8 @@ class LabelsKey:
     type_text = "path or tables"
     allowed_text = "a labels file, or `[pipelines.NAME.labels.LABEL]` tables (then the file is `labels_file`)"
     tables = {"labels.LABEL": LabelFilterConfig}
-    table_titles = {"labels.LABEL": "detection: filters for one label (objects of other labels keep the defaults)"}
+    table_titles = {"labels.LABEL": "detection: one label's scores and filters (other labels keep the pipeline's; see "
+                                    "\"Two scores per label\")"}
     siblings = {"labels_file": (str, Setting("the labels file, when `labels` holds per-label tables", path=True))}
 
     def read(self, table: Any, name: str) -> str:
@@ -504,7 +510,8 @@ def anchor_ssd_problems(anchors: AnchorsConfig, box_decoder: BoxDecoderConfig | 
 
 
 class LabelThresholdsKey:
-    """`[pipelines.NAME.thresholds]`: label = minimum score, for the labels that need their own."""
+    """`[pipelines.NAME.thresholds]`: label = minimum score per frame; the older spelling of
+    `[pipelines.NAME.labels.LABEL] min_score`, kept so configs written for it still work."""
 
     type_text = "table"
     allowed_text = "label = number from 0.0 to 1.0"
@@ -584,8 +591,10 @@ class PipelineConfig:
     # decoding (see "Models and tasks" in the README)
     iou: float | None = setting(None, "NMS overlap above which the weaker box of a class is dropped", minimum=0.0,
                                 maximum=1.0, default_text="0.45 (YOLO), an anchor preset's own (0.3 for faces)")
-    thresholds: tuple[tuple[str, float], ...] = setting((), "detection: a minimum score per label, overriding threshold",
-                                                        custom=LabelThresholdsKey(), default_text="none")
+    thresholds: tuple[tuple[str, float], ...] = setting((), "deprecated alias of `[labels.LABEL] min_score` (detection: "
+                                                            "a minimum score per label in each frame); a label given in "
+                                                            "both is an error", custom=LabelThresholdsKey(),
+                                                        default_text="none")
     box_units: str = setting("auto", "YOLO boxes in 0..1 or in input pixels; auto: decided from the model",
                              choices=BOX_UNITS)
     anchors: AnchorsConfig | None = setting(None, "anchor-SSD heads (MediaPipe): SsdAnchorsCalculatorOptions",
@@ -600,11 +609,23 @@ class PipelineConfig:
             if outside:
                 problems.append((f"zones.{zone.name}.labels", f"{outside} not in track = {list(self.track)}: "
                                                               "a zone counts tracked labels only"))
+        with_min_score = {f.name for f in self.label_filters if f.min_score is not None}
+        for label, _ in self.thresholds:
+            if label in with_min_score:
+                problems.append((f"thresholds.{label}", f"the minimum score of {label!r} is also set by "
+                                                        f"labels.{label}.min_score: give it once, as [pipelines.{self.name}"
+                                                        f".labels.{label}] min_score (thresholds is its older spelling)"))
         if self.anchors is not None:
             problems += anchor_ssd_problems(self.anchors, self.box_decoder)
         elif self.box_decoder is not None:
             problems.append(("box_decoder", f"needs a [pipelines.{self.name}.anchors] table (or its preset)"))
         return problems
+
+    @property
+    def min_scores(self) -> tuple[tuple[str, float], ...]:
+        """Each label's minimum score per frame (decode): `[labels.LABEL] min_score`, or its alias `[thresholds]`."""
+        return (tuple((f.name, f.min_score) for f in self.label_filters if f.min_score is not None)
+                + tuple(self.thresholds))  # cross_check refuses a label given in both
 
     def named_labels(self) -> dict[str, str]:
         """Every label this pipeline's keys name, by key path (checked against the model's labels at start)."""

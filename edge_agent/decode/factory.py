@@ -99,15 +99,18 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
     return RawDecoder([o.name for o in outputs], [o.quant for o in outputs]), labels
 
 
+_MIN_SCORE_KEYS = "labels.{label}.min_score (or its alias thresholds.{label})"  # where label_thresholds come from
+
+
 def class_thresholds(options: DecodeOptions, labels: Sequence[str] | None, count: int, threshold: float) -> np.ndarray:
-    """One threshold per class id: `threshold`, or the label's own from `thresholds`."""
+    """One threshold per class id: `threshold`, or the label's own min_score."""
     names = list(labels) if labels else [str(i) for i in range(count)]
     values = np.full(max(count, len(names)), threshold, np.float32)
     for label, value in options.label_thresholds:
         if label not in names:
             shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
-            raise DecodeError(f"thresholds: {label!r} is not one of the model's labels ({shown}): "
-                              "use a label exactly as the model names it")
+            raise DecodeError(f"{_MIN_SCORE_KEYS.format(label=label)}: {label!r} is not one of the model's labels "
+                              f"({shown}): use a label exactly as the model names it")
         values[names.index(label)] = value
     return values
 
@@ -120,8 +123,8 @@ def label_limits(options: DecodeOptions, labels: Sequence[str] | None, threshold
     for label, _ in options.label_thresholds:
         if names and label not in names:
             shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
-            raise DecodeError(f"thresholds: {label!r} is not one of the model's labels ({shown}): "
-                              "use a label exactly as the model names it")
+            raise DecodeError(f"{_MIN_SCORE_KEYS.format(label=label)}: {label!r} is not one of the model's labels "
+                              f"({shown}): use a label exactly as the model names it")
     return dict(options.label_thresholds)
 
 

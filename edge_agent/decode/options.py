@@ -10,7 +10,7 @@ from edge_agent.config import BOX_UNITS, AnchorsConfig, BoxDecoderConfig  # noqa
 @dataclass(frozen=True)
 class DecodeOptions:
     threshold: float | None = None  # None: the task's (or preset's) default
-    label_thresholds: tuple[tuple[str, float], ...] = ()  # per label, overriding `threshold`
+    label_thresholds: tuple[tuple[str, float], ...] = ()  # per label min_score, overriding `threshold`
     iou: float | None = None  # NMS overlap; None: 0.45 (YOLO) or the anchor preset's
     max_detections: int = 20
     top_k: int = 3

@@ -255,8 +255,12 @@ def interpreter_for(config: Any, task: str, model_labels: Sequence[str] | None, 
                        config.name, f"pipelines.{config.name}.{key}", label, ", ".join(model_labels or ()))
     events = config.events
     threshold = config.threshold if config.threshold is not None else default_threshold
-    rules = {f.name: LabelRule(f.threshold if f.threshold is not None else threshold, f.min_area)
-             for f in config.label_filters}
+    # a label's `new` threshold defaults to its per-frame min_score: lowering min_score below the pipeline's
+    # threshold must let those objects have events too, not only appear in predictions
+    min_scores = dict(config.min_scores)
+    rules = {label: LabelRule(score) for label, score in min_scores.items()}
+    rules.update({f.name: LabelRule(f.threshold if f.threshold is not None else min_scores.get(f.name, threshold),
+                                    f.min_area) for f in config.label_filters})
     publish = config.publish
     return Interpreter(
         task, model_labels=model_labels, enabled=events.enabled, min_frames=events.min_frames,

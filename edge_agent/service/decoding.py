@@ -102,7 +102,7 @@ def preprocess_options(model: LoadedModel, config: PipelineConfig, match: Layout
 def decode_options(config: PipelineConfig) -> DecodeOptions:
     anchors, box_decoder = resolve_anchor_ssd(config.anchors, config.box_decoder) if config.anchors else (None, None)
     return DecodeOptions(
-        threshold=config.threshold, label_thresholds=config.thresholds, iou=config.iou,
+        threshold=config.threshold, label_thresholds=config.min_scores, iou=config.iou,
         max_detections=config.max_detections, top_k=config.top_k, box_units=config.box_units,
         anchors=anchors, box_decoder=box_decoder,
     )
