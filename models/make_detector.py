@@ -16,6 +16,11 @@ What it writes (default ``edge_agent/data/demo/``, package data):
                                    (96x96 grey) and ``labels/NNNN.txt`` (``class cx cy w h``)
 * ``digits_detector.json``         how it was made and what it scored
 
+With ``--keras-out FILE`` it also saves the trained Keras model (the two raw heads, before the
+YOLO-layout output that ``yolo_output`` adds; standard layers only, so it loads anywhere):
+``tests/model_files/digits_detector.keras`` is that file, the source model the converter's
+detection tests convert and validate (``source_model`` wraps it as the SavedModel they take).
+
 Data: scikit-learn's bundled ``load_digits`` split exactly as ``make_demo.py`` splits it
 (stratified, 25 % held out, random_state 0). Training scenes use training digits only, the
 demo video and the evaluation set held-out digits only. A scene is a 96x96 grey canvas
@@ -27,7 +32,7 @@ pipeline's own decoder and scored by ``edge-agent evaluate``'s code (pycocotools
 
 Run it with the test venv (TensorFlow, this package, pycocotools)::
 
-    .venv/bin/python models/make_detector.py [--out DIR] [--device-python PY]
+    .venv/bin/python models/make_detector.py [--out DIR] [--device-python PY] [--keras-out FILE]
 
 Training uses 2 threads whatever the machine has, so that the result is the same everywhere.
 """
@@ -334,6 +339,19 @@ def metadata_json() -> bytes:
     return (json.dumps(metadata, indent=2) + "\n").encode()
 
 
+def save_source_model(model, folder: Path) -> None:
+    """The detector as the SavedModel `edge-agent convert` takes: one serving signature, image
+    [1, SIZE, SIZE, 1] float (pixel/255) -> output0 [1, 4 + NC, CELLS], the function `convert` exports."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda image: {"output0": yolo_output(model, image)},
+                         input_signature=[tf.TensorSpec([1, SIZE, SIZE, 1], tf.float32, name="image")])
+    archive.write_out(str(folder), verbose=False)
+
+
 def convert(model, calibration: np.ndarray, output_type: str) -> bytes:
     """Full-integer model: uint8 input; ``output_type`` int8 (quantised) or float32 output."""
     import tensorflow as tf
@@ -425,6 +443,8 @@ def set_seeds(seed: int) -> None:
 def main(argv=None) -> int:
     parser = make_parser(__doc__.splitlines()[0], REPO / "edge_agent" / "data" / "demo",
                          "python with tflite_runtime for the cross-runtime check")
+    parser.add_argument("--keras-out", type=Path, metavar="FILE",
+                        help="also save the trained Keras model here (.keras; tests/model_files/digits_detector.keras)")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -437,6 +457,8 @@ def main(argv=None) -> int:
     train_started = time.time()
     history = train(model, x_tr, y_tr, train_rng)
     train_s = time.time() - train_started
+    if args.keras_out:
+        model.save(args.keras_out)
 
     heldout = render_scenes(heldout_rng, x_te, y_te, EVAL_SCENES + VIDEO_SCENES)
     eval_scenes, video_scenes = heldout[:EVAL_SCENES], heldout[EVAL_SCENES:]

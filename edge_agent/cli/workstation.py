@@ -91,9 +91,12 @@ def add_convert(commands: argparse._SubParsersAction) -> None:
     add_preprocess_options(parser, defaults=True)
     check = parser.add_argument_group("validation")
     check.add_argument("--validate", type=Path, metavar="DATA",
-                       help="folder of images in one sub-folder per label, or .npz with x (and y)")
+                       help="classification: folder of images in one sub-folder per label, or .npz with x (and y); "
+                            "detection: a YOLO dataset folder (images/, labels/) or a COCO .json file, as `evaluate` takes")
     check.add_argument("--max-accuracy-drop", type=float, metavar="D",
                        help="fail (exit 1, nothing written) when accuracy drops by more than D (0.01 = 1 point)")
+    check.add_argument("--max-map-drop", type=float, metavar="D",
+                       help="detection: fail (exit 1, nothing written) when mAP@0.5 or mAP@0.5:0.95 drops by more than D")
     check.add_argument("--report-json", type=Path, metavar="FILE", help="write the report as JSON (for CI)")
     check.add_argument("--threads", type=int, default=0, help="interpreter threads for the latency (default: all cores)")
     parser.add_argument("--edgetpu", action="store_true",
@@ -112,7 +115,8 @@ def _convert_command(args: argparse.Namespace) -> int:
         source=args.source, output=args.output, quantize=args.quantize, io_type=args.io_type,
         calibration=args.calibration, calibration_limit=args.calibration_limit, signature=args.signature,
         labels=args.labels, task=args.task, resize=args.resize, color=args.color, mean=args.mean, std=args.std,
-        validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
+        validate=args.validate, max_accuracy_drop=args.max_accuracy_drop, max_map_drop=args.max_map_drop,
+        threads=args.threads,
         edgetpu=args.edgetpu, input_arrays=parse_array_names(args.input_arrays),
         output_arrays=parse_array_names(args.output_arrays), input_shapes=parse_input_shapes(args.input_shapes),
         prune=args.prune, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,

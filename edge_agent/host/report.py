@@ -7,7 +7,9 @@ size_ratio, sparsity (fraction of zero convolution/dense weights in the written 
 input_layout (ONNX: NCHW -> NHWC), operators, inputs, outputs, task, calibration {source,
 samples}, validation {...}, pruning {...} (with --prune), and at the top level for CI
 scripts: accuracy_original, accuracy_converted, accuracy_drop, agreement_top1, max_abs_diff,
-mean_abs_diff, latency_ms_mean, max_accuracy_drop, passed; edgetpu (readiness, int8 only),
+mean_abs_diff, latency_ms_mean, max_accuracy_drop, and for detection models (validated on
+detection data) map50_original, map50_converted, map_original, map_converted (mAP@0.5 and
+mAP@0.5:0.95, COCOeval) and max_map_drop, then passed; edgetpu (readiness, int8 only),
 edgetpu_compiler (with --edgetpu), versions.
 """
 
@@ -22,6 +24,7 @@ from edge_agent.host.edgetpu import Readiness
 from edge_agent.samples import SampleSet
 from edge_agent.host.source_model import SourceModel
 from edge_agent.host.validate import ValidationResult
+from edge_agent.host.validate_detection import DetectionValidation
 from edge_agent.host.weights import WeightSparsity
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.tflite_file import model_file_from_bytes
@@ -30,11 +33,13 @@ if TYPE_CHECKING:
     from edge_agent.host.workflow import ConvertRequest
 
 TOP_LEVEL_METRICS = ("accuracy_original", "accuracy_converted", "accuracy_drop", "agreement_top1", "max_abs_diff",
-                     "mean_abs_diff", "latency_ms_mean")
+                     "mean_abs_diff", "latency_ms_mean", "map50_original", "map50_converted", "map_original",
+                     "map_converted")
 
 
 def build_report(request: ConvertRequest, source: SourceModel, final: bytes, loaded: LoadedModel,
-                 calibration: SampleSet | None, validation: ValidationResult | None, readiness: Readiness | None,
+                 calibration: SampleSet | None, validation: ValidationResult | DetectionValidation | None,
+                 readiness: Readiness | None,
                  info: dict[str, Any], sparsity: WeightSparsity, size_compressed_bytes: int,
                  pruning: dict[str, Any] | None) -> dict[str, Any]:
     model_file = model_file_from_bytes(request.output, final)
@@ -65,6 +70,7 @@ def build_report(request: ConvertRequest, source: SourceModel, final: bytes, loa
         "validation": validation_dict,
         "pruning": pruning,
         "max_accuracy_drop": request.max_accuracy_drop,
+        "max_map_drop": request.max_map_drop,
         "passed": True,
         "edgetpu": readiness.to_dict() if readiness else None,
         "versions": info["converter"],
@@ -116,7 +122,9 @@ def format_summary(report: dict[str, Any]) -> str:
     if report["calibration"]:
         lines.append(f"calibrated on {report['calibration']['samples']} samples from {report['calibration']['source']}")
     validation = report["validation"]
-    if validation:
+    if validation and validation.get("task") == "detection":
+        lines += _detection_lines(validation)
+    elif validation:
         lines.append(f"validated  {validation['samples']} samples")
         if validation["accuracy_original"] is not None:
             lines.append(f"  accuracy   original {validation['accuracy_original']:.4f}, converted "
@@ -126,8 +134,9 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  output |difference| max {validation['max_abs_diff']:.4g}, mean {validation['mean_abs_diff']:.4g}")
         lines.append(f"  latency    {validation['latency_ms_mean']:.3f} ms mean, {validation['latency_ms_p95']:.3f} ms p95 "
                      f"per sample ({validation['runtime']}, {validation['threads']} threads, this machine)")
-    if report.get("max_accuracy_drop") is not None:
-        lines.append(f"gate       --max-accuracy-drop {report['max_accuracy_drop']}: {'passed' if report['passed'] else 'FAILED'}")
+    for gate in ("max_accuracy_drop", "max_map_drop"):
+        if report.get(gate) is not None:
+            lines.append(f"gate       --{gate.replace('_', '-')} {report[gate]}: {'passed' if report['passed'] else 'FAILED'}")
     edgetpu = report.get("edgetpu")
     if edgetpu:
         first = edgetpu["first_unsupported"]
@@ -147,6 +156,22 @@ def format_summary(report: dict[str, Any]) -> str:
         else:
             lines.append(f"edgetpu_compiler: {compiler['message']}")
     return "\n".join(lines)
+
+
+def _detection_lines(validation: dict[str, Any]) -> list[str]:
+    left_out = len(validation["problems"])
+    lines = [f"validated  {validation['images']} images, {validation['objects']} objects"
+             + (f" ({left_out} files left out)" if left_out else "") + f", decoded as {validation['layout']}"]
+    for name, key, drop in (("mAP@0.5     ", "map50", "map50_drop"), ("mAP@0.5:0.95", "map", "map_drop")):
+        original, converted = validation[f"{key}_original"], validation[f"{key}_converted"]
+        if original is None or converted is None:
+            lines.append(f"  {name} n/a (no objects in the data)")
+        else:
+            lines.append(f"  {name} original {original:.4f}, converted {converted:.4f} "
+                         f"(drop {validation[drop] * 100:+.2f} points)")
+    lines.append(f"  latency    {validation['latency_ms_mean']:.3f} ms mean, {validation['latency_ms_p95']:.3f} ms p95 "
+                 f"per image ({validation['runtime']}, {validation['threads']} threads, this machine)")
+    return lines
 
 
 def _size(size_bytes: int) -> str:

@@ -36,6 +36,8 @@ from edge_agent.host.source_model import SourceModel, SourceModelError, SourceOp
 from edge_agent.host.tensorflow_loader import TensorFlowMissing, import_tensorflow
 from edge_agent.host.weights import WeightSparsity, compressed_size, kernel_latency, weight_sparsity
 from edge_agent.host.validate import AccuracyGateError, accuracy_gate_problem, load_validation_data, validate_conversion
+from edge_agent.host.validate_detection import check_detection_data, map_gate_problem, validate_detection
+from edge_agent.evaluation.detection_data import looks_like_detection_data
 from edge_agent.delivery.keys import SigningKeyError
 from edge_agent.preprocess import PreprocessError
 from edge_agent.runtime import DelegateError, ModelFileError, ModelLoadError, load_model_file
@@ -71,6 +73,7 @@ class ConvertRequest:
     std: tuple[float, ...] = (255.0,)
     validate: Path | None = None
     max_accuracy_drop: float | None = None
+    max_map_drop: float | None = None  # detection: mAP@0.5 and mAP@0.5:0.95 may each drop this much
     threads: int = 0
     edgetpu: bool = False
     # frozen graphs (toco's names) and ONNX (--input-shapes only)
@@ -114,7 +117,16 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
     elif request.calibration is not None:
         logger.warning("--calibration is only used by --quantize int8; ignoring it for %s", request.quantize)
     validation_samples = None
-    if request.validate is not None:
+    detection_data = request.validate is not None and looks_like_detection_data(request.validate)
+    if detection_data:
+        check_detection_data(request.validate)  # pycocotools is there, before the conversion's minutes
+        if request.max_accuracy_drop is not None:
+            raise SampleError(f"--validate {request.validate} is detection data: gate a detection model with "
+                              "--max-map-drop D, not --max-accuracy-drop")
+    elif request.max_map_drop is not None:
+        raise SampleError("--max-map-drop needs detection data in --validate: a YOLO dataset folder (images/, labels/) "
+                          "or a COCO .json file, as `edge-agent evaluate` takes")
+    elif request.validate is not None:
         validation_samples = load_validation_data(request.validate, float_spec, options, labels,
                                                   progress("validation data") if progress else None)
         if request.max_accuracy_drop is not None and validation_samples.labels is None:
@@ -132,6 +144,10 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
     model_file = model_file_from_bytes(request.output, converted)
     loaded = load_model_file(model_file, runtime="auto", num_threads=request.threads or None)
     task = request.task or auto_task(loaded.file, loaded.input, loaded.outputs, len(labels) if labels else None)
+    if detection_data and task != "detection":
+        raise SampleError(f"--validate {request.validate} is detection data, but the converted model's outputs "
+                          f"{[list(spec.shape) for spec in loaded.outputs]} decode as {task!r}: pass --task detection "
+                          "if it is a detector (`edge-agent inspect` shows the layouts the agent knows)")
     if labels and task == "classification":
         classes = loaded.outputs[0].shape[-1]
         if len(labels) not in (classes, classes + 1):
@@ -141,6 +157,8 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
     if validation_samples is not None:
         validation = validate_conversion(source, loaded, validation_samples, options,
                                          progress("validating") if progress else None)
+    if detection_data:
+        validation = validate_detection(source, loaded, request.validate, options, labels, progress)
     sparsity = weight_sparsity(converted)
     pruning = _pruning_report(request, source, pruned, converted, sparsity, representative, validation_samples,
                               options) if pruned else None
@@ -169,11 +187,15 @@ def run_convert(request: ConvertRequest, progress: ProgressFactory | None = None
     final = attach_files(converted, files)
     report = build_report(request, source, final, loaded, calibration, validation, readiness, info, sparsity,
                           compressed_size(final), pruning)
-    if validation is not None and request.max_accuracy_drop is not None:
+    problem = None
+    if validation is not None and request.max_accuracy_drop is not None and not detection_data:
         problem = accuracy_gate_problem(validation, request.max_accuracy_drop)
+    if validation is not None and request.max_map_drop is not None and detection_data:
+        problem = map_gate_problem(validation, request.max_map_drop)
+    if request.max_accuracy_drop is not None or request.max_map_drop is not None:
         report["passed"] = problem is None
-        if problem:
-            raise AccuracyGateError(problem, report)
+    if problem:
+        raise AccuracyGateError(problem, report)
     if request.edgetpu:
         report["edgetpu_compiler"] = _compile_for_edgetpu(final, request.output)
     write_file_atomically(request.output, final)
@@ -223,6 +245,8 @@ def _check_request(request: ConvertRequest) -> None:
         raise ValueError("--quantize int8 needs --calibration DATA (a folder of images or a .npy file like the camera's)")
     if request.max_accuracy_drop is not None and request.validate is None:
         raise ValueError("--max-accuracy-drop needs --validate DATA to measure the accuracy")
+    if request.max_map_drop is not None and request.validate is None:
+        raise ValueError("--max-map-drop needs --validate DATA (a YOLO dataset folder or a COCO .json) to measure mAP")
     if request.output.exists() and request.output.is_dir():
         raise ValueError(f"-o {request.output} is a folder: name the .tflite file to write")
     if not request.output.parent.is_dir():
