@@ -69,7 +69,7 @@ def test_the_agent_child_stays_up_and_is_frozen_between_its_windows(tmp_path, se
     """One agent process for every round: nothing arrives while it is frozen, it goes on after."""
     text = CONFIG_TEMPLATE.format(device="frozen", workdir=tmp_path, host=session_broker.host, port=session_broker.port,
                                   model=DEMO_MODEL, runtime="litert", threads=1, source=DEMO_VIDEO, max_fps=200,
-                                  realtime="false", interpret=INTERPRET_OFF)
+                                  realtime="false", interpret=INTERPRET_OFF, http="")
     agent = AgentChild(text, tmp_path, session_broker.host, session_broker.port, "frozen")
     with agent:
         pid = agent._process.pid

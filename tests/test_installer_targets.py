@@ -60,14 +60,15 @@ def elf_from_wheel(wheel: Path, suffix: str, destination: Path) -> Path:
 def test_a_32_bit_bundle_takes_numpy_opencv_and_cffi_from_apt(armv7l_bundle):
     out, stdout = armv7l_bundle
     wheels = sorted(p.name for p in (out / "wheels").glob("*.whl"))
-    assert [n.split("-")[0] for n in wheels] == ["cryptography", "edge_agent", "paho_mqtt", "pyserial", "tflite_runtime"], wheels
+    assert [n.split("-")[0] for n in wheels] == ["cryptography", "edge_agent", "paho_mqtt", "prometheus_client", "pyserial",
+                                                 "tflite_runtime"], wheels
     assert any(n.startswith("tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l") for n in wheels)
     crypto = next(n for n in wheels if n.startswith("cryptography-"))
     assert int(crypto.split("-")[1].split(".")[0]) < 46 and "armv7l" in crypto  # 46+ needs cffi 2, no armv7l wheel
     manifest = (out / "wheels/manifest.txt").read_text()
     assert "machine: armv7l" in manifest and "system-packages: python3-numpy python3-opencv python3-cffi" in manifest
     assert (out / "wheels/requirements.txt").read_text().split() == [
-        "paho-mqtt<3,>=2.1", "pyserial>=3.5", "cryptography<46,>=42", "tflite-runtime==2.14.0"]
+        "paho-mqtt<3,>=2.1", "pyserial>=3.5", "cryptography<46,>=42", "prometheus-client>=0.20", "tflite-runtime==2.14.0"]
     assert "on the board, first: sudo apt install python3-numpy python3-opencv python3-cffi" in stdout
     assert stdout.rstrip().endswith(f"sudo bash {out.name}/deploy/install.sh --wheelhouse {out.name}/wheels")
 

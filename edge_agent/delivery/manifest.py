@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import COLOR_ORDERS, RESIZE_MODES, TASKS, PreprocessOptions
-from edge_agent.delivery.encryption import Encryption, parse_encryption
+from edge_agent.delivery.encryption_format import Encryption, parse_encryption
 from edge_agent.delivery.request_limits import clip_repr
 from edge_agent.errors import InputError
 

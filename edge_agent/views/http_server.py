@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from edge_agent.config import HttpConfig, parse_listen
+from edge_agent.errors import InputError
 from edge_agent.views.access import MAX_QUERY_FIELDS, Access, HttpSetupError
 from edge_agent.views.snapshots import REQUEST_FRAME_TIMEOUT_S, snapshot_jpeg
 from edge_agent.views.status_page import render_page
@@ -218,8 +219,8 @@ def _bind_problem(listen: str, host: str, port: int, err: OSError) -> str:
     return f"http.listen {listen}: cannot listen there: {err.strerror}"
 
 
-class _HeadTooLarge(http.client.HTTPException):
-    pass
+class _HeadTooLarge(InputError, http.client.HTTPException):
+    """A client sent a request head over MAX_HEAD_BYTES: answered 431, the connection closed."""
 
 
 class _BoundedReader:
