@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from edge_agent.atomic_file import write_file_atomically
-from edge_agent.delivery.keys import MAX_KEY_FILE_BYTES, PRIVATE_KEY_MODE, PUBLIC_KEY_MODE, SigningKeyError
+from edge_agent.delivery.keys import PRIVATE_KEY_MODE, PUBLIC_KEY_MODE, SigningKeyError, read_key_file
 
 CREDENTIAL_PREFIX = "credential:"  # device_key = "credential:NAME": $CREDENTIALS_DIRECTORY/NAME (systemd)
 
@@ -85,7 +85,7 @@ def generate_device_key_pair(name: str | Path, overwrite: bool = False) -> tuple
 
 def load_device_public_key(path: str | Path) -> DevicePublicKey:
     path = Path(path)
-    data = _read(path, "device public key")
+    data = read_key_file(path, "device public key", DeviceKeyError)
     if b"PRIVATE KEY" in data:
         raise DeviceKeyError(f"{path} is a private key: encrypt for the board's .pub file, and keep the .key on the board")
     try:
@@ -115,7 +115,7 @@ def resolve_device_key_path(setting: str) -> Path:
 def load_device_private_key(setting: str | Path) -> DevicePrivateKey:
     """Read a board's X25519 private key (a path, or "credential:NAME"); DeviceKeyError names what is wrong."""
     path = resolve_device_key_path(str(setting))
-    data = _read(path, "device key")
+    data = read_key_file(path, "device key", DeviceKeyError)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as err:
@@ -131,15 +131,3 @@ def load_device_private_key(setting: str | Path) -> DevicePrivateKey:
     return DevicePrivateKey(device_key_id(_raw(key.public_key())), str(path), key)
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > MAX_KEY_FILE_BYTES:
-            raise DeviceKeyError(f"{path} is too large to be a {what}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DeviceKeyError(f"{what} file {path} does not exist: check the path") from None
-    except IsADirectoryError:
-        raise DeviceKeyError(f"{what} path {path} is a directory: name the key file") from None
-    except OSError as err:
-        raise DeviceKeyError(f"{what} file {path} cannot be read ({err.strerror}): check its owner and mode "
-                             "(the service user must be able to read it)") from None

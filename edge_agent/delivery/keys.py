@@ -104,7 +104,7 @@ def generate_key_pair(name: str | Path, overwrite: bool = False) -> tuple[Path, 
 def load_private_key(path: str | Path) -> PrivateKey:
     """Read an Ed25519 private key (PKCS#8 PEM); SigningKeyError names what is wrong."""
     path = Path(path)
-    data = _read_key_file(path, "private key")
+    data = read_key_file(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as err:
@@ -124,7 +124,7 @@ def load_private_key(path: str | Path) -> PrivateKey:
 def load_public_key(path: str | Path) -> PublicKey:
     """Read an Ed25519 public key (SubjectPublicKeyInfo PEM); SigningKeyError names what is wrong."""
     path = Path(path)
-    data = _read_key_file(path, "public key")
+    data = read_key_file(path, "public key")
     if b"PRIVATE KEY" in data:
         raise SigningKeyError(f"{path} is a private key: trust the .pub file instead, and keep the .key off the board")
     try:
@@ -140,17 +140,19 @@ def _public(key: Ed25519PublicKey, source: str) -> PublicKey:
     return PublicKey(key_id_of(key), source, key)
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
+def read_key_file(path: Path, what: str, error: type[SigningKeyError] = SigningKeyError) -> bytes:
+    """A key file's bytes, bounded; `error` (SigningKeyError or a subclass) says what is wrong and what to do."""
     try:
         if path.stat().st_size > MAX_KEY_FILE_BYTES:
-            raise SigningKeyError(f"{path} is too large to be a {what}")
+            raise error(f"{path} is too large to be a {what}")
         return path.read_bytes()
     except FileNotFoundError:
-        raise SigningKeyError(f"{what} file {path} does not exist: check the path") from None
+        raise error(f"{what} file {path} does not exist: check the path") from None
     except IsADirectoryError:
-        raise SigningKeyError(f"{what} path {path} is a directory: name the key file") from None
+        raise error(f"{what} path {path} is a directory: name the key file") from None
     except OSError as err:
-        raise SigningKeyError(f"{what} file {path} cannot be read ({err.strerror}): check its permissions") from None
+        raise error(f"{what} file {path} cannot be read ({err.strerror}): check its owner and mode "
+                    "(the service user must be able to read it)") from None
 
 
 __all__ = [
