@@ -101,6 +101,11 @@ class Decoded:
     mask: SegmentationMask | None = None
     outputs: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def tracked(self) -> tuple[Detection, ...] | tuple[Pose, ...]:
+        """The boxes the interpret stage tracks (one track id each): a pose model's poses, else the detections."""
+        return self.poses or self.detections
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -125,7 +130,7 @@ class Prediction:
     detections: tuple[Detection, ...] = ()
     outputs: tuple[dict[str, Any], ...] = ()
     frame_index: int = 0
-    track_ids: tuple[int | None, ...] = ()  # the interpret stage's, one per detection (None: not tracked)
+    track_ids: tuple[int | None, ...] = ()  # the interpret stage's, one per detection or pose (None: not tracked)
     poses: tuple[Pose, ...] = ()
     segments: tuple[Segment, ...] = ()
     mask: SegmentationMask | None = field(default=None, repr=False)  # for sinks; not in the payload
@@ -153,6 +158,9 @@ class Prediction:
                     item["track_id"] = track_id
         elif self.task == "pose":
             payload["poses"] = [p.to_payload() for p in self.poses]
+            for item, track_id in zip(payload["poses"], self.track_ids):
+                if track_id is not None:
+                    item["track_id"] = track_id
         elif self.task == "segmentation":
             payload["segments"] = [s.to_payload() for s in self.segments]
         else:

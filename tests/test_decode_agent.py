@@ -34,7 +34,7 @@ sinks = ["stdout"]
 model = "{models}/movenet_multi_layout.tflite"
 task = "pose"
 source = "{video}"
-max_frames = 2
+max_frames = 4
 sinks = ["stdout"]
 
 [pipelines.selfie]
@@ -91,6 +91,9 @@ def test_pose_pipeline_publishes_poses(run):
     (pose,) = messages["people"][0]["poses"]
     assert pose["label"] == "person" and len(pose["keypoints"]) == 17 and pose["keypoints"][0]["name"] == "nose"
     assert "detections" not in messages["people"][0]
+    # poses are tracked like detections: the same person keeps one track_id from frame to frame
+    track_ids = [m["poses"][0].get("track_id") for m in messages["people"]]
+    assert len(track_ids) == 4 and track_ids[0] is not None and set(track_ids) == {track_ids[0]}, track_ids
 
 
 def test_segmentation_pipeline_publishes_segments_and_no_mask(run):

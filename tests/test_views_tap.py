@@ -13,21 +13,15 @@ import numpy as np
 import pytest
 
 from edge_agent.interpret.events import ObjectEvent
-from edge_agent.records import Detection
+from edge_agent.records import Decoded, Detection
 from edge_agent.views.tap import OWED_FOR_S, PipelineTap, ViewFrame
-
-
-class Decoded:
-    def __init__(self, detections=()):
-        self.detections = tuple(detections)
-        self.classes = ()
 
 
 IMAGE = np.zeros((12, 16, 3), np.uint8)
 
 
 def frame(index: int = 1, detections=(), track_ids=()) -> ViewFrame:
-    return ViewFrame(IMAGE, index, 1000.0 + index, "detection", Decoded(detections), tuple(track_ids))
+    return ViewFrame(IMAGE, index, 1000.0 + index, "detection", Decoded(detections=tuple(detections)), tuple(track_ids))
 
 
 def event(kind: str, track_id: int, score: float = 0.8) -> ObjectEvent:

@@ -221,7 +221,7 @@ class Pipeline:
         track_ids: tuple[int | None, ...] = ()
         result = None
         if interpreter is not None:
-            result = interpreter.step(frame.captured_at, decoded.detections, decoded.classes, decoded.outputs)
+            result = interpreter.step(frame.captured_at, decoded.tracked, decoded.classes, decoded.outputs)
             track_ids = result.track_ids
             if result.messages:
                 self._send_interpreted(result)

@@ -108,12 +108,13 @@ def render(image: np.ndarray, decoded: Any = None, track_ids: Sequence[int | Non
     for name, polygon in zones:
         draw_zone(canvas, name, polygon, view, style)
     if decoded is not None:
-        detections = getattr(decoded, "detections", ())
-        ids = list(track_ids) + [None] * (len(detections) - len(track_ids))
+        detections, poses = getattr(decoded, "detections", ()), getattr(decoded, "poses", ())
+        # one track id per tracked object: a decoder fills detections or poses, never both
+        ids = list(track_ids) + [None] * (len(detections) + len(poses))
         for detection, track_id in zip(detections, ids):
             draw_detection(canvas, detection, track_id, view, style)
-        for pose in getattr(decoded, "poses", ()):
-            draw_pose(canvas, pose, view, style)
+        for pose, track_id in zip(poses, ids):
+            draw_pose(canvas, pose, track_id, view, style)
         classes = getattr(decoded, "classes", ())
         if classes:
             draw_classes(canvas, classes, style)
@@ -150,7 +151,7 @@ def draw_detection(canvas: np.ndarray, detection: Any, track_id: int | None, vie
             cv2.circle(canvas, view.point(keypoint.x, keypoint.y), style.radius, colour, -1, cv2.LINE_AA)
 
 
-def draw_pose(canvas: np.ndarray, pose: Any, view: View, style: _Style) -> None:
+def draw_pose(canvas: np.ndarray, pose: Any, track_id: int | None, view: View, style: _Style) -> None:
     colour = class_colour(int(getattr(pose, "id", 0)))
     points = {k.name: view.point(k.x, k.y) for k in pose.keypoints if _certain(k)}
     for a, b in SKELETON:
@@ -163,7 +164,8 @@ def draw_pose(canvas: np.ndarray, pose: Any, view: View, style: _Style) -> None:
     if box is not None:
         ymin, xmin, ymax, xmax = box
         cv2.rectangle(canvas, view.point(xmin, ymin), view.point(xmax, ymax), colour, 1, cv2.LINE_AA)
-        _label(canvas, f"{pose.label} {pose.score * 100:.0f}%", view.point(xmin, ymin), colour, style)
+        text = f"{pose.label} {pose.score * 100:.0f}%" + (f" #{track_id}" if track_id is not None else "")
+        _label(canvas, text, view.point(xmin, ymin), colour, style)
 
 
 def draw_mask(canvas: np.ndarray, mask: Any, view: View) -> None:

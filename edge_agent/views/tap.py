@@ -43,7 +43,7 @@ class ViewFrame:
     ts: float  # capture time, UNIX seconds
     task: str
     decoded: Any  # the decoder's result: classes, detections (and poses, segments, mask where the model has them)
-    track_ids: tuple[int | None, ...] = ()  # one per detection
+    track_ids: tuple[int | None, ...] = ()  # one per tracked object (Decoded.tracked)
     seq: int = 0  # the tap's count of frames shown (newer frames have higher numbers)
 
 
@@ -162,7 +162,7 @@ class PipelineTap:
         """(detection index, track_id, label, event type) of the owed objects this frame shows; drops
         stale ones. Lock held."""
         matched = []
-        detections = frame.decoded.detections
+        detections = frame.decoded.tracked
         for index, track_id in enumerate(frame.track_ids):
             if track_id is not None and track_id in self._owed:
                 kind, _ = self._owed.pop(track_id)
