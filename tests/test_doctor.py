@@ -25,7 +25,7 @@ import pytest
 
 from board_fixture import materialise
 from fake_delegate import build_fake_delegate, build_numpy1_extension, compiler
-from support import DEMO_MODEL, DEMO_VIDEO, REPO, Broker
+from support import DEMO_MODEL, DEMO_VIDEO, REPO, Broker, free_port
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="device nodes with fixture groups need chown (root)")
 
@@ -307,6 +307,19 @@ def test_a_real_broker_accepts_and_the_agent_keeps_its_session(tmp_path, session
     assert found["broker/tcp"]["status"] == "ok" and found["broker/login"]["status"] == "ok"
     assert "anonymous" in found["broker/login"]["summary"]
     assert status == 0, [c for c in report["checks"] if c["status"] == "fail"]
+
+
+def test_every_server_of_a_failover_list_is_checked_by_its_index(tmp_path, session_broker):
+    down = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'state_dir = "{tmp_path}/state"\n[mqtt]\nservers = ["{session_broker.address}", "{down}"]\n'
+                      f'[pipelines.main]\nsource = "{DEMO_VIDEO}"\nmodel = "{DEMO_MODEL}"\n')
+    status, report, _, _ = doctor("--config", config)
+    found = checks(report)
+    assert found["broker/login servers[0]"]["status"] == "ok"
+    second = found["broker/tcp servers[1]"]
+    assert status == 1 and second["status"] == "fail" and down in second["summary"]
+    assert f"check [mqtt] servers ({down})" in second["fix"]
 
 
 def test_a_wrong_password_is_named_as_the_login_step(tmp_path):

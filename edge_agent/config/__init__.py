@@ -67,6 +67,7 @@ from edge_agent.config.schema import (
     SourceSpec,
     SpoolConfig,
     TlsConfig,
+    format_server,
     looks_like_path,
     topic_safe,
     is_loopback,
@@ -82,6 +83,6 @@ __all__ = [
     "RUNTIME_CHOICES", "SERIAL_FORMATS", "SINK_CHOICES", "SOURCE_KINDS", "SPOOL_POLICIES", "STREAM_SCHEMES",
     "TASK_CHOICES", "TASKS", "REQUIRED", "AgentConfig", "ConfigError", "DelegateSpec", "HttpConfig",
     "ModelsConfig", "MqttConfig", "PipelineConfig", "PreprocessOptions", "SerialConfig", "Setting",
-    "SnapshotConfig", "SourceSpec", "SpoolConfig", "TlsConfig", "is_loopback", "load_config", "looks_like_path",
+    "SnapshotConfig", "SourceSpec", "SpoolConfig", "TlsConfig", "format_server", "is_loopback", "load_config", "looks_like_path",
     "parse_config", "parse_listen", "read_toml", "setting", "topic_safe", "uri_kind",
 ]

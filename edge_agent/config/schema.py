@@ -653,11 +653,69 @@ class TlsConfig:
         return []
 
 
+SERVER_EXAMPLES = '"broker-2.lan:1883", "10.0.0.7:8883", "[fd00::7]:1883"'
+
+
+def parse_server(text: Any) -> tuple[str, int] | None:
+    """(host, port) of one `mqtt.servers` entry, "HOST:PORT" or "[IPv6]:PORT"; None when malformed."""
+    if not isinstance(text, str):
+        return None
+    address = parse_listen(text)
+    if address is None or not address[0] or any(c.isspace() for c in address[0]):
+        return None
+    return address
+
+
+class ServersKey:
+    """`mqtt.servers = ["host:port", ...]`: the brokers tried in order (failover). Each bad entry is an
+    error naming its index; giving host or port as well is refused, so a board never connects to a
+    broker its config only seemed to name."""
+
+    type_text = "list of strings"
+    allowed_text = '"HOST:PORT" or "[IPv6]:PORT" entries'
+    tables: dict[str, type] = {}
+    siblings: dict[str, tuple[type, Setting]] = {}
+
+    def read(self, table: Any, name: str) -> tuple[tuple[str, int], ...]:
+        table.consume(name)
+        if name not in table.data:
+            return ()
+        value = table.data[name]
+        if not isinstance(value, list) or not value:
+            table.error(name, f"expected a non-empty list of \"host:port\" strings ({SERVER_EXAMPLES}), got {value!r}")
+            return ()
+        given = [key for key in ("host", "port") if key in table.data]
+        if given:
+            table.error(name, f"give either servers or {' and '.join(given)}, not both (host and port name one "
+                              f"broker; servers lists every broker to fail over to): remove {' and '.join(given)}")
+        servers: list[tuple[str, int]] = []
+        for index, entry in enumerate(value):
+            address = parse_server(entry)
+            if address is None:
+                table.error(f"{name}[{index}]", f"expected \"host:port\" ({SERVER_EXAMPLES}) with a port from 1 to "
+                                                f"65535, got {entry!r}")
+            elif address in servers:
+                table.error(f"{name}[{index}]", f"{entry!r} repeats servers[{servers.index(address)}]: list each broker once")
+            else:
+                servers.append(address)
+        return tuple(servers)
+
+
+def format_server(address: tuple[str, int]) -> str:
+    """ "host:port" (IPv6 addresses in brackets), as `mqtt.servers` spells it and the state reports it."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     enabled: bool = setting(True, "false: no MQTT at all (pipelines' mqtt sink is skipped)")
     host: str = setting("localhost", "broker host name or address")
     port: int = setting(1883, "broker port", minimum=1, maximum=65535)
+    servers: tuple[tuple[str, int], ...] = setting(
+        (), "brokers tried in order, moving on to the next when one cannot be reached or is lost (failover; "
+            "see the README's \"Several brokers\"); instead of host and port", custom=ServersKey(),
+        default_text="[] (host:port)")
     username: str = setting("", "user name; empty: anonymous")
     password_file: str = setting("", "a file holding the password (never logged)", path=True)
     password_env: str = setting("", "the name of an environment variable holding the password")
@@ -674,6 +732,11 @@ class MqttConfig:
                                 allowed="no '+', '#' or spaces")
     client_id: str = setting("", "MQTT client id", default_text='"edge-agent-{device_id}"')
     state_interval_s: float = setting(5.0, "how often the retained state message is published", minimum=0.1, cap=3600.0)
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker to try, in order: `servers`, or the one `host`/`port` names."""
+        return self.servers or ((self.host, self.port),)
 
     def cross_check(self) -> list[tuple[str, str]]:
         if sum(bool(v) for v in (self.password_file, self.password_env, self.password_credential)) > 1:

@@ -13,9 +13,10 @@ import socket
 import ssl
 import struct
 import threading
+from dataclasses import replace
 from pathlib import Path
 
-from edge_agent.config import MqttConfig
+from edge_agent.config import MqttConfig, format_server
 from edge_agent.doctor.context import DoctorContext
 from edge_agent.doctor.result import Check, fail, ok, skip, warn
 from edge_agent.errors import EdgeAgentError
@@ -137,7 +138,18 @@ def check_broker(ctx: DoctorContext) -> list[Check]:
     mqtt = ctx.config.mqtt
     if not ctx.needs_mqtt():
         return [skip(AREA, "broker", "no pipeline publishes over MQTT")]
-    where = f"{mqtt.host}:{mqtt.port}"
+    if len(mqtt.addresses) == 1:
+        return _check_server(ctx, *mqtt.addresses[0])
+    checks: list[Check] = []
+    for index, (host, port) in enumerate(mqtt.addresses):  # every broker the board may fail over to
+        checks += [replace(c, name=f"{c.name} servers[{index}]") for c in _check_server(ctx, host, port)]
+    return checks
+
+
+def _check_server(ctx: DoctorContext, host: str, port: int) -> list[Check]:
+    """TCP, TLS and login to one broker."""
+    mqtt = replace(ctx.config.mqtt, host=host, port=port)  # what the messages and fixes name
+    where = format_server((host, port))
     timeout = ctx.timeout_s
     checks: list[Check] = []
     try:
@@ -198,7 +210,8 @@ def _step_name(done: list[Check], mqtt: MqttConfig) -> str:
 
 def _fix(message: str, mqtt: MqttConfig) -> str:
     if "resolve" in message or "TCP" in message:
-        return (f"check [mqtt] host/port ({mqtt.host}:{mqtt.port}), that the broker runs and that no firewall blocks it "
+        key = "[mqtt] servers" if mqtt.servers else "[mqtt] host/port"
+        return (f"check {key} ({format_server((mqtt.host, mqtt.port))}), that the broker runs and that no firewall blocks it "
                 f"(`mosquitto_sub -h {mqtt.host} -p {mqtt.port} -t test` from this board)")
     if "certificate" in message:
         return "set [mqtt.tls] ca_file to the CA that signed the broker's certificate (and use the name in the certificate as host)"

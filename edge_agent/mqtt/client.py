@@ -5,6 +5,7 @@ reason code, message info) leaves this module, so a paho upgrade touches one fil
 
 Callbacks run on paho's network thread and receive plain values:
   on_connect(failure: str)              "" when the broker accepted the connection, else its reason
+                                        (`server` says which broker answered)
   on_disconnect(reason: str)
   on_published(mid: int)                the broker acknowledged message `mid` (QoS 0: it was sent)
   on_subscribed()
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Callable
+from typing import Callable, Sequence
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_agent.config import TlsConfig
+from edge_agent.config import TlsConfig, format_server
 from edge_agent.errors import InputError
 
 MQTT_V311 = paho.MQTTv311
@@ -91,6 +92,10 @@ class MqttClient:
         self._client.on_connect = self._connected
         self._client.on_disconnect = self._disconnected
         self._client.on_subscribe = self._subscribed
+        self._client.on_pre_connect = self._before_attempt
+        self._servers: list[tuple[str, int]] = []
+        self._server_index = 0
+        self._attempts = 0
 
     # --- settings (before connecting) --------------------------------------------------
     def set_will(self, topic: str, payload: str, qos: int = 1, retain: bool = True) -> None:
@@ -127,10 +132,26 @@ class MqttClient:
         self._client.on_message = lambda client, userdata, message: handler(message.topic, bytes(message.payload))
 
     # --- connection ----------------------------------------------------------------------
-    def connect_in_background(self, host: str, port: int, keepalive_s: int) -> None:
-        """Connect (and reconnect) on paho's thread; returns at once even when the broker is away."""
+    def connect_in_background(self, servers: Sequence[tuple[str, int]], keepalive_s: int) -> None:
+        """Connect (and reconnect) on paho's thread; returns at once even when every broker is away.
+
+        With several `servers` (host, port), each attempt after the first goes to the next one in
+        the list, round and round: a broker that is lost or cannot be reached is followed by the
+        next, with paho's capped backoff between attempts (reset by a successful connection). The
+        client id, credentials, TLS settings and messages queued while offline stay the same."""
+        if not servers:
+            raise ValueError("connect_in_background needs at least one (host, port)")
+        self._servers = list(servers)
+        self._server_index, self._attempts = 0, 0
+        host, port = self._servers[0]
         self._client.connect_async(host, port, keepalive=keepalive_s)
         self._client.loop_start()
+
+    @property
+    def server(self) -> str:
+        """ "host:port" of the broker this client is connected to, or trying now, or last tried."""
+        return format_server(self._servers[self._server_index]) if self._servers else \
+            format_server((self._client.host, self._client.port))
 
     def connect(self, host: str, port: int, keepalive_s: int) -> None:
         """Connect now (raise ConnectionError when the broker cannot be reached), then run paho's thread."""
@@ -156,6 +177,16 @@ class MqttClient:
         return Delivery(self._client.publish(topic, payload, qos=qos, retain=retain))
 
     # --- paho's callbacks, translated --------------------------------------------------------
+    def _before_attempt(self, client, userdata) -> None:
+        # paho calls this before every connection attempt (the first and each reconnect) and reads
+        # _host/_port right after it; its `host`/`port` setters refuse while its own reconnect loop
+        # runs (state "connecting"), hence the attributes. Every attempt after the first moves on.
+        if len(self._servers) > 1:
+            if self._attempts:
+                self._server_index = (self._server_index + 1) % len(self._servers)
+            client._host, client._port = self._servers[self._server_index]
+        self._attempts += 1
+
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if self.on_connect is not None:
             self.on_connect(str(reason_code) if reason_code.is_failure else "")

@@ -11,7 +11,9 @@ Topics (all under `{prefix}/{device}`):
                          edge_agent.delivery.update_protocol)
 
 The client connects in the background and reconnects with capped exponential backoff, so
-an unreachable broker at start never stops capture. Connection changes are logged once.
+an unreachable broker at start never stops capture. With `mqtt.servers` each attempt goes to
+the next broker of the list (failover); the state names the one the board is on. Connection
+changes are logged once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from edge_agent.config import MqttConfig
+from edge_agent.config import MqttConfig, format_server
 from edge_agent.mqtt.client import MqttClient, MqttSetupError
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ class MqttPublisher:
         self._last_refusal = ""
         self._clean_session = clean_session
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
+        self.server = ""  # "host:port" of the broker connected to (or last connected to)
         self._connect_hooks: list[Callable[[], None]] = []
         self._client = self._make_client()
 
@@ -157,8 +160,10 @@ class MqttPublisher:
         """Connect in the background; returns at once even when the broker is away."""
         if self.spool is not None:
             self.spool.start()
-        logger.info("connecting to MQTT broker %s:%d as %s", self.config.host, self.config.port, self.device_id)
-        self._client.connect_in_background(self.config.host, self.config.port, self.config.keepalive_s)
+        servers = self.config.addresses
+        logger.info("connecting to MQTT broker %s as %s", ", then ".join(format_server(s) for s in servers),
+                    self.device_id)
+        self._client.connect_in_background(servers, self.config.keepalive_s)
 
     def publish(
         self, topic: str, payload: str | bytes, qos: int | None = None, retain: bool = False,
@@ -271,8 +276,8 @@ class MqttPublisher:
         pending = undelivered if self.spool is not None else self.inflight
         if pending:
             where = "kept in the spool for the next start" if self.spool is not None else "lost"
-            logger.warning("MQTT broker %s:%d: %d messages not delivered before shutdown_timeout_s (%s)",
-                           self.config.host, self.config.port, pending, where)
+            logger.warning("MQTT broker %s: %d messages not delivered before shutdown_timeout_s (%s)",
+                           self.server or self._client.server, pending, where)
         if offline_sent:
             self._client.disconnect()
         # else: no clean DISCONNECT, so the broker publishes the Last Will ("offline") itself
@@ -281,16 +286,18 @@ class MqttPublisher:
     # callbacks from MqttClient, on paho's network thread
     def _on_connect(self, failure: str) -> None:
         if failure:
-            if failure != self._last_refusal:
-                self._last_refusal = failure
-                logger.error(
-                    "MQTT broker %s:%d refused the connection: %s (check mqtt.username / password); retrying",
-                    self.config.host, self.config.port, failure,
-                )
+            refusal = f"{self._client.server}: {failure}"
+            if refusal != self._last_refusal:
+                self._last_refusal = refusal
+                logger.error("MQTT broker %s refused the connection: %s (check mqtt.username / password); retrying",
+                             self._client.server, failure)
             return
         self._last_refusal = ""
-        logger.info("MQTT broker %s:%d %s", self.config.host, self.config.port,
-                    "back" if self._was_connected else "connected")
+        previous, self.server = self.server, self._client.server
+        if previous and previous != self.server:
+            logger.info("MQTT broker %s connected (failover from %s)", self.server, previous)
+        else:
+            logger.info("MQTT broker %s %s", self.server, "back" if self._was_connected else "connected")
         self._was_connected = True
         self.connected.set()
         if self._subscriptions:
@@ -308,8 +315,9 @@ class MqttPublisher:
             self.connected.clear()
             if self._stopping:
                 return
-            logger.warning("MQTT broker %s:%d lost (%s); reconnecting with backoff up to %d s",
-                           self.config.host, self.config.port, reason, RECONNECT_MAX_DELAY_S)
+            others = " (trying the next of mqtt.servers)" if len(self.config.addresses) > 1 else ""
+            logger.warning("MQTT broker %s lost (%s); reconnecting with backoff up to %d s%s",
+                           self.server, reason, RECONNECT_MAX_DELAY_S, others)
 
     def _on_publish(self, mid: int) -> None:
         callback = None

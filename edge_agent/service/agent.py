@@ -468,6 +468,7 @@ class Agent:
         if self.mqtt is not None:
             state["mqtt"] = {
                 "connected": self.mqtt.connected.is_set(),
+                "server": self.mqtt.server,  # the broker the board is on (or was last on, when not connected)
                 "published": self.mqtt.published,
                 "delivered": self.mqtt.delivered,
                 "pending": self.mqtt.pending,
