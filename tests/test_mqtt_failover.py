@@ -183,6 +183,30 @@ def test_with_every_broker_down_the_spool_keeps_everything_until_one_returns(tmp
     assert max(on_second.seqs) - max(on_first.seqs) >= 80  # what the spool held, and what came after
 
 
+def test_a_broker_that_refuses_the_login_is_passed_over_and_named_once(tmp_path, agent_process, watch):
+    import subprocess
+
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "someone-else", "secret"], check=True, capture_output=True)
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b2").mkdir()
+    refusing, open_broker = Broker(tmp_path / "b1", password_file=passwords), Broker(tmp_path / "b2")
+    try:
+        refusing.start(), open_broker.start()
+        on_open = watch(open_broker)
+        agent = agent_process("run", "--config", failover_config(tmp_path, [refusing.address, open_broker.address]))
+        try:
+            assert wait_until(lambda: on_open.count() >= 10 and on_open.server() == open_broker.address, 40), agent.stderr
+        finally:
+            agent.signal(signal.SIGTERM)
+            assert agent.wait(40) == 0, agent.stderr
+        assert agent.stderr.count(f"MQTT broker {refusing.address} refused the connection") == 1, agent.stderr
+        assert_no_gap(on_open.seqs)
+        assert min(on_open.seqs) == 1
+    finally:
+        refusing.stop(), open_broker.stop()
+
+
 # ---------------------------------------------------------------------------- the config key
 
 BASE = {"pipelines": {"a": {"model": "m.tflite", "source": "0"}}}

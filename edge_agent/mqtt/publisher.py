@@ -90,7 +90,7 @@ class MqttPublisher:
         self._all_delivered = threading.Condition(self._lock)
         self._was_connected = False
         self._stopping = False
-        self._last_refusal = ""
+        self._refusals: set[str] = set()  # "server: reason" logged since the last accepted connection
         self._clean_session = clean_session
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self.server = ""  # "host:port" of the broker connected to (or last connected to)
@@ -287,12 +287,12 @@ class MqttPublisher:
     def _on_connect(self, failure: str) -> None:
         if failure:
             refusal = f"{self._client.server}: {failure}"
-            if refusal != self._last_refusal:
-                self._last_refusal = refusal
+            if refusal not in self._refusals:  # once per broker and reason until one accepts
+                self._refusals.add(refusal)
                 logger.error("MQTT broker %s refused the connection: %s (check mqtt.username / password); retrying",
                              self._client.server, failure)
             return
-        self._last_refusal = ""
+        self._refusals.clear()
         previous, self.server = self.server, self._client.server
         if previous and previous != self.server:
             logger.info("MQTT broker %s connected (failover from %s)", self.server, previous)
