@@ -20,7 +20,8 @@ FRAME_INTERVAL_S = 0.05  # max_fps = 20 in the agents below
 
 
 def agent_config(path: Path, broker: Broker, device: str, model: Path, trusted: list[Path] = (), top: str = "",
-                 models: str = "", runtime: str = "auto", max_fps: float = 1 / FRAME_INTERVAL_S, spool: bool = True) -> Path:
+                 models: str = "", runtime: str = "auto", max_fps: float = 1 / FRAME_INTERVAL_S, spool: bool = True,
+                 state_interval_s: float = 0.5, mqtt: str = "") -> Path:
     keys = ", ".join(f'"{key}"' for key in trusted)
     path.write_text(f"""
 device_id = "{device}"
@@ -30,7 +31,8 @@ state_dir = "{path.parent / (device + '-state')}"
 [mqtt]
 host = "{broker.host}"
 port = {broker.port}
-state_interval_s = 0.5
+state_interval_s = {state_interval_s}
+{mqtt}
 [spool]
 enabled = {str(spool).lower()}
 [models]

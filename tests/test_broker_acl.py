@@ -206,3 +206,39 @@ def test_another_boards_credentials_can_neither_command_this_board_nor_read_its_
     finally:
         stop(spy)
         stop(watcher)
+
+
+def test_discovery_passes_the_acl_and_another_board_cannot_answer_in_board_1s_name(secured):
+    """The workstation's discover reaches board-1 and its answer comes back through the shipped ACL;
+    board-2 (a valid user) hears the request and answers it under board-1's id, which the ACL drops, so
+    board-1 is not taken for a device id used twice (which would keep it out of every group push)."""
+    forger, connacks = client(secured, "board-2", None, ("edge/fleet/discover",))
+    heard: list = []
+
+    def forge(c, userdata, message) -> None:
+        request = json.loads(message.payload)
+        heard.append(request)
+        forged = {"request_id": request.get("request_id"), "device": "board-1", "instance": "feedfacefeedface",
+                  "agent_version": "6.6.6", "groups": [], "pipelines": [], "truncated": False}
+        c.publish("edge/board-1/fleet/answer", json.dumps(forged), qos=1)
+
+    forger.on_message = forge
+    received: list = []
+    consumer, _ = client(secured, "consumer", received, ("edge/board-1/cam/predictions",))
+    try:
+        assert wait_until(lambda: payloads(received, "board-1/cam/predictions"), 30), "board-1 is up"
+        assert wait_until(lambda: connacks and not connacks[0].is_failure, 10)
+        time.sleep(0.5)  # subscribed
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "fleet", "list", "--json", "--discover-s", "2", "--broker",
+             secured["broker"].address, "--ca", str(secured["certs"]["ca"]), "--username", "workstation",
+             "--password-file", str(secured["folder"] / "workstation.password"),
+             "--key", str(secured["folder"] / "dev.key")], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        board = {d["device"]: d for d in json.loads(result.stdout)["devices"]}["board-1"]
+        assert "answer" in board["sources"], "the discover and the answer passed the ACL"
+        assert heard, "board-2 heard the discover (a broadcast every board may read) and forged an answer"
+        assert (board["duplicate"], board["answers"]) == (False, 1), "board-2's forged answer never arrived"
+    finally:
+        stop(forger)
+        stop(consumer)

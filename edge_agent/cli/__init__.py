@@ -4,7 +4,7 @@ bug and is logged with its traceback (exit 1).
 
 Board commands (run, check-config, inspect, bench, demo) are in board.py; workstation commands
 (convert, keys, bundle, edgetpu-check) in workstation.py; model delivery (push, models) in
-delivery.py. Each command's arguments are in one `add_<command>(commands)` function beside its
+delivery.py; fleet discovery (fleet list, the group lookup) in fleet.py. Each command's arguments are in one `add_<command>(commands)` function beside its
 handler; the implementations live in the packages they belong to (service/, host/, delivery/).
 """
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from edge_agent.cli import board, delivery, workstation
+    from edge_agent.cli import board, delivery, fleet, workstation
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="On-device TFLite inference daemon.")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -53,6 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
     board.register(commands)  # run, inspect, check-config, bench, demo (and the hidden ones)
     workstation.register(commands)  # convert, keys, bundle, edgetpu-check
     delivery.register(commands)  # push, models
+    fleet.register(commands)  # fleet list
     return parser
 
 

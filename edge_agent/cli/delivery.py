@@ -1,7 +1,7 @@
 """The model delivery commands: `edge-agent push` and `edge-agent models {rollback,list}`.
 
-`push`, `models rollback` and `models list --device` talk to boards over MQTT from the
-workstation, signing every request with `--key NAME.key` (a board with trusted_keys refuses
+`push`, `models rollback` and `models list --device/--group` talk to boards over MQTT from the
+workstation (a group's members found by discovery: cli/fleet.py), signing every request with `--key NAME.key` (a board with trusted_keys refuses
 unsigned ones); `models list --config/--state-dir` reads a board's model store locally. Exit status: 0 when every device did what was asked,
 1 when one did not (rejected, rolled back, no answer) or the broker cannot be reached,
 2 for bad arguments or a bundle that is not whole. Each command's arguments are in its
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.cli import BROKER_HELP, DEFAULT_BROKER, EXIT_FAILED, EXIT_OK, broker_address, fail
+from edge_agent.cli.fleet import add_discover_option, group_targets
 from edge_agent.config import DEFAULT_CONFIG_PATH
 from edge_agent.errors import InputError
 
@@ -79,7 +80,8 @@ def add_push(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="a .eab bundle (edge-agent bundle create)")
     targets = parser.add_mutually_exclusive_group(required=True)
     targets.add_argument("--device", action="append", metavar="ID", help="a device id (repeat for several)")
-    targets.add_argument("--group", metavar="NAME", help="every device whose retained state lists this group")
+    targets.add_argument("--group", metavar="NAME", help="every device of this group (found by discovery and the "
+                                                         "retained state; see --discover-s)")
     parser.add_argument("--pipeline", default="", help="the pipeline to update (needed on boards with several)")
     parser.add_argument("--chunk-kb", type=int, default=64, metavar="KB",
                         help="chunk size in KiB (default 64; lower it for brokers with a small message limit)")
@@ -90,14 +92,14 @@ def add_push(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-downgrade", action="store_true",
                         help="let the boards install it even if its version is older than the one they run")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per device")
+    add_discover_option(parser)
     _add_broker_options(parser)
     parser.set_defaults(handler=_push_command)
 
 
 def _push_command(args: argparse.Namespace) -> int:
-    from edge_agent.host.fleet import read_fleet
     from edge_agent.host.progress import ProgressBoard
-    from edge_agent.host.push import NO_ANSWER, Pusher, PushOptions, PushResult, format_results
+    from edge_agent.host.push import Pusher, PushOptions, PushResult, format_results
     from edge_agent.delivery.bundle import read_bundle
     from edge_agent.delivery.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
@@ -111,15 +113,11 @@ def _push_command(args: argparse.Namespace) -> int:
         content = args.bundle.read_bytes()
     except OSError as err:
         return fail(str(err))
-    offline: list[str] = []
+    skipped: list[PushResult] = []  # members not pushed to: offline, or an id several boards answer as
     try:
         if args.group:
-            fleet = read_fleet(broker, args.prefix)
-            devices = [d for d in fleet.members(args.group) if d not in fleet.offline]
-            offline = [d for d in fleet.members(args.group) if d in fleet.offline]
-            if not devices and not offline:
-                return fail(f"no device announces group {args.group!r} on {broker.label} (prefix {args.prefix!r}): "
-                             "check the boards' `groups` setting", EXIT_FAILED)
+            targets = group_targets(args, broker, key)  # EmptyGroup: exit 1, in main
+            devices, skipped = targets.devices, targets.skipped
         else:
             devices = list(dict.fromkeys(args.device))
         manifest = bundle.manifest
@@ -133,7 +131,7 @@ def _push_command(args: argparse.Namespace) -> int:
         results = Pusher(content, devices, options, ProgressBoard(devices), args.bundle.name).run() if devices else []
     except ConnectionError as err:
         return fail(str(err), EXIT_FAILED)
-    results += [PushResult(d, NO_ANSWER, "offline (its retained status says so)") for d in offline]
+    results += skipped
     results.sort(key=lambda r: r.device)
     print(json.dumps([r.to_dict() for r in results]) if args.json else format_results(results))
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILED
@@ -158,8 +156,11 @@ def add_models(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--config", type=Path, help=f"the agent's config, for its state_dir (default {DEFAULT_CONFIG_PATH})")
     where.add_argument("--state-dir", type=Path, help="the agent's state directory")
     where.add_argument("--device", action="append", metavar="ID", help="ask this board over MQTT (repeat for several)")
-    listing.add_argument("--timeout", type=float, default=30.0, metavar="S", help="with --device: how long to wait")
+    where.add_argument("--group", metavar="NAME", help="ask every board of this group over MQTT (found by discovery)")
+    listing.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                         help="with --device or --group: how long to wait for the listings")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
+    add_discover_option(listing)
     _add_broker_options(listing)
     listing.set_defaults(handler=_list_command)
 
@@ -181,7 +182,7 @@ def _list_command(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config
     from edge_agent.delivery.store import describe_stores
 
-    if args.device:
+    if args.device or args.group:
         return _list_remote(args)
     state_dir = args.state_dir or Path(load_config(args.config or DEFAULT_CONFIG_PATH).state_dir)
     pipelines = describe_stores(state_dir)  # StoreError: exit 1, in main
@@ -216,11 +217,18 @@ def _list_remote(args: argparse.Namespace) -> int:
     from edge_agent.host.push import format_results
     from edge_agent.host.rollback import request_listing
 
-    devices = list(dict.fromkeys(args.device))
+    broker, key = _broker(args), _signing_key(args)
     try:
-        answers = request_listing(devices, _broker(args), args.prefix, args.timeout, _signing_key(args))
+        if args.group:
+            targets = group_targets(args, broker, key)  # EmptyGroup: exit 1, in main
+            devices, skipped = targets.devices, targets.skipped
+        else:
+            devices, skipped = list(dict.fromkeys(args.device)), []
+        answers = request_listing(devices, broker, args.prefix, args.timeout, key) if devices else {}
     except ConnectionError as err:
         return fail(str(err), EXIT_FAILED)
+    answers.update({r.device: r for r in skipped})
+    answers = dict(sorted(answers.items()))
     listed = {d: a for d, a in answers.items() if isinstance(a, dict)}
     failed = [a for a in answers.values() if not isinstance(a, dict)]
     if args.json:

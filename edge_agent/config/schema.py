@@ -782,6 +782,9 @@ class ModelsConfig:
                                              "4096 request ids remembered)", minimum=0.0, cap=31_536_000.0)
     max_begins_per_minute: int = setting(12, "push begins taken per minute; more are refused (a slot squatter or "
                                              "a flood)", minimum=1, cap=10_000)
+    max_discovery_answers_per_minute: int = setting(12, "fleet discovery requests (`fleet list`, `push --group`) "
+                                                        "answered per minute; more get no answer (a flood)",
+                                                    minimum=1, cap=10_000)
     device_key: str = setting("", "the board's device key (keys generate-device) for encrypted bundles: a file, or "
                                   "credential:NAME for a systemd credential; empty = encrypted bundles are refused",
                               path=lambda v: not v.startswith("credential:"))

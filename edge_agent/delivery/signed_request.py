@@ -1,4 +1,5 @@
-"""Signed control requests: who may change a board (push begin/end/abort, rollback, list).
+"""Signed control requests: who may change a board (push begin/end/abort, rollback, list) or ask the
+fleet who is there (discover, signed for the device "*": edge_agent.delivery.fleet_protocol).
 
 A request is a JSON object: its parameters, and an `auth` object added by the signer:
 
@@ -8,8 +9,8 @@ A request is a JSON object: its parameters, and an `auth` object added by the si
 The Ed25519 signature (the same keys that sign bundles: a board verifies with `trusted_keys`)
 covers the canonical encoding of
 
-  {"action": "begin" | "end" | "abort" | "rollback" | "list",
-   "device": the target's device id, "id": the transfer or request id,
+  {"action": "begin" | "end" | "abort" | "rollback" | "list" | "discover",
+   "device": the target's device id ("*" for discover), "id": the transfer or request id,
    "issued_at_ms": the signer's clock, "params": every field of the request except auth}
 
 namely the bytes b"edge-agent-request/1\\n" followed by that object as JSON with sorted keys,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # the keys come loaded: a board without trusted keys never im
 
 REQUEST_FORMAT = b"edge-agent-request/1\n"
 AUTH_FIELD = "auth"
-ACTIONS = ("begin", "end", "abort", "rollback", "list")
+ACTIONS = ("begin", "end", "abort", "rollback", "list", "discover")
 MAX_SAFE_INTEGER = 2 ** 53
 REMEMBERED_REQUESTS = 4096
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")

@@ -1,9 +1,10 @@
-"""The board's side of `edge-agent push`, `models rollback` and `models list`: the MQTT conversation.
+"""The board's side of `edge-agent push`, `models rollback`, `models list` and fleet discovery: the MQTT conversation.
 
 Requests arrive on `{prefix}/{device}/models/...` (edge_agent.delivery.update_protocol) through the
 agent's one MQTT client; paho's thread only puts them on a bounded queue. One worker thread takes
 them in order, lets each through the RequestGate (service.request_gate: bounded parsing, signature,
-clock window, replays, begin rate), reassembles transfers (delivery.transfer), answers every request
+clock window, replays, begin rate), answers fleet discovery (`{prefix}/fleet/discover`,
+service.fleet_answers), reassembles transfers (delivery.transfer), answers every request
 with an event, expires idle transfers and judges probation. A complete transfer is installed
 (service.model_install) on a job thread, one at a time, so a second push that arrives meanwhile is
 refused at once ("busy with transfer X") -- unless the transfer holding the slot is unsigned or has
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_agent.delivery.request_limits import LogLimiter, RateWindow, clip
+from edge_agent.delivery.fleet_protocol import discover_topic
 from edge_agent.delivery.transfer import StrayChunk, Transfer, TransferError, remove_leftovers
 from edge_agent.delivery.update_protocol import (
     FINAL_EVENTS,
@@ -37,6 +39,7 @@ from edge_agent.delivery.update_protocol import (
     models_base,
     parse_begin,
 )
+from edge_agent.service.fleet_answers import FleetAnswers
 from edge_agent.service.model_install import ModelInstaller, PipelineHost, failure_reason
 from edge_agent.service.model_source import load_trusted_keys
 from edge_agent.service.probation import probation_failure, stall_limit_s
@@ -71,6 +74,9 @@ class ModelUpdates:
         keys = load_trusted_keys(config.trusted_keys) if config.trusted_keys else []
         self.gate = RequestGate(self.base, config.device_id, mode, keys, self.settings.max_clock_skew_s,
                                 self.settings.max_begins_per_minute)
+        self.discover_topic = discover_topic(config.mqtt.topic_prefix)
+        self.fleet = FleetAnswers(host, lambda topic, payload: publisher.publish(topic, payload, qos=1),
+                                  self.settings.max_discovery_answers_per_minute)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._inbox_bytes = 0
         self._inbox_lock = threading.Lock()
@@ -95,6 +101,7 @@ class ModelUpdates:
             logger.info("removed %d unfinished model transfer(s) from %s", removed, self.incoming)
         for topic in ("push/#", "rollback", "list"):
             self.publisher.subscribe(f"{self.base}/{topic}", self._receive)
+        self.publisher.subscribe(self.discover_topic, self._receive)
         self._worker.start()
         modes = {"signed": f"requests signed by {len(self.gate.keys)} trusted key(s)",
                  "open": "UNSIGNED requests from anyone on the broker (no trusted_keys, allow_unsigned_models = true)",
@@ -153,6 +160,9 @@ class ModelUpdates:
 
     # --- requests ------------------------------------------------------------------
     def _handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.discover_topic:
+            self._discover(payload)
+            return
         try:
             request = self.gate.admit(topic, payload)
         except Refusal as refusal:
@@ -170,6 +180,16 @@ class ModelUpdates:
             self._rollback_request(request)
         else:
             self._list_request(request)
+
+    def _discover(self, payload: bytes) -> None:
+        """Fleet discovery: answered (within its rate) when the gate admits it; every refusal silent."""
+        try:
+            request = self.gate.admit_discover(payload)
+        except Refusal as refusal:
+            self._log.log(logging.INFO if refusal.kind == "replay" else logging.WARNING, refusal.kind,
+                          "fleet discovery request ignored: %s", clip(refusal.reason, 300))
+            return
+        self.fleet.handle(request)
 
     def _refused(self, refusal: Refusal) -> None:
         """A message refused before it was authenticated: a short answer without the id it claims (so it

@@ -12,6 +12,8 @@ Modes, from the config:
   open     no trusted_keys and allow_unsigned_models = true set explicitly: unsigned requests are
            taken from anyone who can publish on the broker (the README says plainly what that allows);
   closed   no trusted_keys otherwise: nobody can be authenticated, so every request is refused.
+A discover request (`{prefix}/fleet/discover`, edge_agent.delivery.fleet_protocol) passes
+`admit_discover`: the same modes, signed for the device "*". Every refusal of one is silent: a fleet answering a broadcast it refuses would flood the broker for whoever sent it.
 Chunks are raw bytes and carry no signature: they are bound to their transfer by the chunk
 hashes of its (signed) begin, which the transfer checks.
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.errors import EdgeAgentError
 from edge_agent.delivery.request_limits import DEFAULT_JSON_BYTES, ProtocolError, RateWindow, parse_json_object
 from edge_agent.delivery.signed_request import ReplayGuard, RequestAuthError, split_request, verify_request
+from edge_agent.delivery.fleet_protocol import DISCOVER, EVERY_DEVICE, MAX_DISCOVER_BYTES, parse_discover
 from edge_agent.delivery.update_protocol import MAX_BEGIN_BYTES, is_valid_id, parse_models_topic
 
 if TYPE_CHECKING:  # keys come loaded: a board without trusted keys never imports `cryptography`
@@ -37,7 +40,7 @@ SIGNED, OPEN, CLOSED = "signed", "open", "closed"
 class Request:
     """A message the board may act on."""
 
-    kind: str  # begin, chunk, end, abort, rollback, list
+    kind: str  # begin, chunk, end, abort, rollback, list, discover
     transfer_id: str = ""  # push requests
     request_id: str = ""  # rollback, list
     index: int = -1  # chunk
@@ -78,6 +81,37 @@ class RequestGate:
         self.max_clock_skew_s = max_clock_skew_s
         self.replays = ReplayGuard(max_clock_skew_s)
         self.begins = RateWindow(max_begins_per_minute)
+
+    def admit_discover(self, payload: bytes, now_ms: int | None = None) -> Request:
+        """A discover request the board may answer; Refusal (always silent) otherwise. How many are
+        answered is service.fleet_answers' business: it counts only those admitted here, so on a board in
+        signed mode a flood of unsigned or replayed ones cannot use up the answers its owner's tools need."""
+        try:
+            message = parse_json_object(payload, DISCOVER, MAX_DISCOVER_BYTES)
+            data, _ = split_request(message)
+            request = parse_discover(data)
+        except ProtocolError as err:
+            raise Refusal(str(err), "discover-malformed", silent=True) from None
+        request_id = request.request_id
+        if self.mode == CLOSED:
+            raise Refusal("a discover request: this board has no trusted_keys, so it cannot tell who asks and "
+                          "answers nobody (add the workstation's .pub to trusted_keys)", "closed", request_id,
+                          silent=True)
+        signed_by = ""
+        if self.mode == SIGNED:
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            try:
+                verified = verify_request(message, DISCOVER, EVERY_DEVICE, request_id, self.keys, now,
+                                          self.max_clock_skew_s)
+            except RequestAuthError as err:
+                raise Refusal(str(err), "discover-unauthenticated", request_id, silent=True) from None
+            except ProtocolError as err:
+                raise Refusal(f"discover: {err}", "discover-malformed", request_id, silent=True) from None
+            if not self.replays.first_time(DISCOVER, request_id, verified.issued_at_ms, now):
+                raise Refusal(f"the discover request {request_id} was seen before (a replay or a duplicate "
+                              "delivery)", "replay", request_id, silent=True)
+            signed_by = verified.key.key_id
+        return Request(DISCOVER, request_id=request_id, data=request.to_params(), signed_by=signed_by)
 
     def admit(self, topic: str, payload: bytes, now_ms: int | None = None) -> Request:
         try:
