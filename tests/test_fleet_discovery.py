@@ -254,6 +254,7 @@ def test_push_to_a_group_found_by_discovery_and_models_list_of_the_group(fleet, 
     assert [(r["device"], r["result"]) for r in table] == [("disc-a1", "activated"), ("disc-a2", "activated")]
     assert "2 answered discovery within 6 s" in result.stderr
     assert took_s >= 6, "the pusher listened the whole --discover-s (6 s by default)"
+    print(f"push --group to 2 boards without retained state: {took_s:.1f} s for the command (6 s of it discovery)")
     collector = fleet["collector"]
     assert wait_until(lambda: all(predictions(collector, d)[-1]["model"]["sha256"] == FLOAT_SHA
                                   for d in ("disc-a1", "disc-a2")), 20)
@@ -266,6 +267,25 @@ def test_push_to_a_group_found_by_discovery_and_models_list_of_the_group(fleet, 
     for device in devices.values():
         active = [m for m in device["pipelines"]["cam"] if m["role"] == "active"]
         assert [(m["version"], m["sha256"]) for m in active] == [("2.0", FLOAT_SHA)]
+
+
+def test_where_the_broker_delivers_retained_state_discovery_ends_once_every_board_answered(fleet):
+    """After the push, disc-a1 and disc-a2 published their state again (retained): mosquitto hands it to the
+    wildcard subscription, so the pusher knows whom to wait for and stops once both have answered."""
+    collector = fleet["collector"]
+    assert wait_until(lambda: all(json.loads(collector.payloads(f"edge/{d}/state")[-1])["pipelines"]["cam"]["model"]
+                                  ["sha256"] == FLOAT_SHA for d in ("disc-a1", "disc-a2")), 20)
+    started = time.monotonic()
+    result = cli(fleet, "fleet", "list", "--group", "g1", "--json", "--discover-s", "30", *signed(fleet))
+    took_s = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    devices = json.loads(result.stdout)["devices"]
+    assert [(d["device"], d["sources"]) for d in devices] == [("disc-a1", ["answer", "state"]),
+                                                              ("disc-a2", ["answer", "state"])]
+    assert all(d["answer_s"] < 5 for d in devices)
+    assert took_s < 20, f"{took_s:.1f} s: it listened the whole --discover-s although every board had answered"
+    print(f"fleet list of 2 boards with retained state: {took_s:.2f} s for the command; answers after "
+          f"{', '.join(str(d['answer_s']) for d in devices)} s")
 
 
 def test_two_boards_with_one_device_id_are_reported_and_neither_is_pushed(fleet, keys, tmp_path):

@@ -49,7 +49,7 @@ def discover_seconds(text: str) -> float:
 
 
 def add_discover_option(parser: argparse.ArgumentParser) -> None:
-    from edge_agent.host.fleet import DEFAULT_DISCOVER_S
+    from edge_agent.delivery.fleet_protocol import DEFAULT_DISCOVER_S
 
     parser.add_argument("--discover-s", type=discover_seconds, default=DEFAULT_DISCOVER_S, metavar="S",
                         help=f"how long to listen for the boards' discovery answers (default {DEFAULT_DISCOVER_S:g}, "

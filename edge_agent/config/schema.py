@@ -869,7 +869,8 @@ class AgentConfig:
                                           default_from=lambda values: not values["trusted_keys"],
                                           default_text="true while trusted_keys is empty, else false")
     allow_unsigned_pushes: bool = derived("allow_unsigned_models set to true explicitly", _allow_unsigned_pushes, False)
-    groups: tuple[str, ...] = setting((), "announced in the retained state; `edge-agent push --group NAME` targets them",
+    groups: tuple[str, ...] = setting((), "announced in the retained state and in discovery answers; `edge-agent push "
+                                          "--group NAME` targets them",
                                       item_check=lambda v: isinstance(v, str) and topic_safe(v), unique=True,
                                       expected="a list of group names without '/', '+', '#' or spaces")
     models: ModelsConfig = setting(ModelsConfig(), "model delivery")

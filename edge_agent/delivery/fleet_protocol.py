@@ -31,6 +31,7 @@ from typing import Any
 from edge_agent.delivery.request_limits import ProtocolError, clip_repr, parse_json_object
 from edge_agent.delivery.update_protocol import is_valid_id
 
+DEFAULT_DISCOVER_S = 6.0  # how long a pusher listens: above the default state interval (5 s), so a live state counts too
 DISCOVER = "discover"  # the action a discover request is signed for
 EVERY_DEVICE = "*"  # the device a discover request is signed for: any board may take it (the action binds it)
 MAX_DISCOVER_BYTES = 4096

@@ -12,6 +12,12 @@ with the groups its state names, and offline when its retained status says so. T
 request under one device id from different agent instances are two boards configured with the
 same id: that id is reported as a duplicate and none of them is a member of anything.
 Answers that cannot be parsed are counted and logged once; answers to other requests are not ours.
+
+`discover_s` is the longest wait. It ends sooner where the broker delivers retained state to the
+wildcard subscription (mosquitto): once every board the state names (in the group, not offline)
+has answered, every board that answered has a state too, and nothing new came for QUIET_S. On a
+broker without retained state the answering boards have no state, so the whole discover_s is
+spent listening: there is no other way to know that the last board has answered.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edge_agent.delivery.fleet_protocol import (
+    DEFAULT_DISCOVER_S,
     EVERY_DEVICE,
     DISCOVER,
     BoardAnswer,
@@ -31,17 +39,18 @@ from edge_agent.delivery.fleet_protocol import (
     discover_topic,
     parse_answer,
 )
-from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.request_limits import ProtocolError, clip
 from edge_agent.delivery.signed_request import sign_request
 from edge_agent.delivery.update_protocol import new_id
 from edge_agent.host.broker import BrokerAddress, broker_listener
 
+if TYPE_CHECKING:  # the key comes loaded; importing `cryptography` here would load it for every command
+    from edge_agent.delivery.keys import PrivateKey
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BrokerAddress", "DEFAULT_DISCOVER_S", "DeviceInfo", "Fleet", "discover_fleet", "read_fleet"]
 
-DEFAULT_DISCOVER_S = 6.0  # above the default state interval (5 s): a live state is heard too
 SUBSCRIBE_TIMEOUT_S = 10.0
 QUIET_S = 0.5  # retained only (discover_s = 0): no new device for this long, the broker has sent them all
 MAX_RETAINED_WAIT_S = 5.0
@@ -59,12 +68,14 @@ class DeviceInfo:
     agent_version: str = ""
     pipelines: list[dict] = field(default_factory=list)  # [{name, status, model: {name, version, sha256}}]
     instances: set[str] = field(default_factory=set)  # more than one: several boards use this id
+    answer_s: float | None = None  # seconds from the request to its (first) answer: what --discover-s must cover
 
     def to_dict(self) -> dict:
         return {"device": self.device, "groups": self.groups, "sources": sorted(self.sources),
                 "status": "offline" if self.offline else "online" if ANSWER in self.sources else "unknown",
                 "agent_version": self.agent_version, "pipelines": self.pipelines,
-                "duplicate": len(self.instances) > 1, "answers": len(self.instances)}
+                "duplicate": len(self.instances) > 1, "answers": len(self.instances),
+                "answer_s": round(self.answer_s, 3) if self.answer_s is not None else None}
 
 
 @dataclass
@@ -102,13 +113,15 @@ class _Collector:
         self.fleet = Fleet()
         self.lock = threading.Lock()
         self.last_new_device_mono = time.monotonic()
+        self.sent_mono = 0.0  # when the discover request was handed over
+        self.last_change_mono = time.monotonic()  # a new device or an answer
         self._first_problem = ""
 
     def _device(self, device: str) -> DeviceInfo:
         info = self.fleet.devices.get(device)
         if info is None:
             info = self.fleet.devices[device] = DeviceInfo(device)
-            self.last_new_device_mono = time.monotonic()
+            self.last_new_device_mono = self.last_change_mono = time.monotonic()
         return info
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -139,10 +152,21 @@ class _Collector:
         if ANSWER in info.sources and len(info.instances) > 1:
             return  # a second board under this id: the first one's details stand, the id is a duplicate
         info.sources.add(ANSWER)
+        info.answer_s = time.monotonic() - self.sent_mono
+        self.last_change_mono = time.monotonic()
         info.offline = False
         info.groups = list(answer.groups)
         info.agent_version = answer.agent_version
         info.pipelines = [p.to_dict() for p in answer.pipelines]
+
+    def everyone_answered(self, group: str) -> bool:
+        """Whether the wait can end early (see the module docstring); called with the lock held."""
+        now = time.monotonic()
+        if now - self.sent_mono < QUIET_S or now - self.last_change_mono < QUIET_S:
+            return False
+        relevant = [info for info in self.fleet.devices.values()
+                    if (not group or group in info.groups) and not info.offline]
+        return bool(relevant) and all(info.sources == {ANSWER, STATE} for info in relevant)
 
     def _retained(self, device: str, kind: str, payload: bytes) -> None:
         info = self._device(device)
@@ -173,7 +197,7 @@ class _Collector:
 def discover_fleet(broker: BrokerAddress, prefix: str = "edge", group: str = "",
                    discover_s: float = DEFAULT_DISCOVER_S, key: PrivateKey | None = None) -> Fleet:
     """Ask every board (only the members of `group`, when given) who it is, and read the retained state,
-    for `discover_s` seconds. discover_s = 0 sends no request and reads retained messages only
+    for at most `discover_s` seconds. discover_s = 0 sends no request and reads retained messages only
     (enough on mosquitto, where they reach wildcard subscriptions; nothing on RabbitMQ)."""
     request = DiscoverRequest(new_id("discover"), group)
     collector = _Collector(prefix, request.request_id)
@@ -186,8 +210,13 @@ def discover_fleet(broker: BrokerAddress, prefix: str = "edge", group: str = "",
         if discover_s > 0:
             params = request.to_params()
             message = sign_request(key, DISCOVER, EVERY_DEVICE, request.request_id, params) if key else params
+            collector.sent_mono = time.monotonic()
             listener.publish(discover_topic(base), json.dumps(message, separators=(",", ":")), qos=1)
-            time.sleep(discover_s)
+            while time.monotonic() - started < discover_s:
+                with collector.lock:
+                    if collector.everyone_answered(group):
+                        break
+                time.sleep(0.05)
         else:
             collector.last_new_device_mono = started
             while time.monotonic() - started < MAX_RETAINED_WAIT_S:
