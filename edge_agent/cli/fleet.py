@@ -17,6 +17,9 @@ from edge_agent.cli import EXIT_FAILED, EXIT_OK, fail
 from edge_agent.errors import EdgeAgentError
 
 
+NOT_SENT = "not sent"  # the result of a member no request went to (an id several boards answer as)
+
+
 class EmptyGroup(EdgeAgentError):
     """No device names the group: nothing to do (exit 1)."""
 
@@ -86,9 +89,6 @@ def group_targets(args: argparse.Namespace, broker, key) -> GroupTargets:
           f"{len(everyone) - answered} known from retained state only"
           + (f"; {fleet.malformed} malformed answer(s) ignored" if fleet.malformed else ""), file=sys.stderr)
     return GroupTargets(fleet.members(args.group), skipped)
-
-
-NOT_SENT = "not sent"
 
 
 def _nobody(args: argparse.Namespace, broker, what: str) -> str:
