@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-retrain test-slow test-wheels install install-test mosquitto systemd-analyze chromium clean
+.PHONY: demo test test-fast test-retrain test-slow test-wheels install install-test mosquitto rabbitmq-server rabbitmq-check systemd-analyze chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,21 @@ mosquitto:
 	@# the distribution's service is not needed: the demo and tests start their own
 	@-$(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true
 
+# rabbitmq-server (Debian's, 3.10): for tests/test_rabbitmq.py and `make rabbitmq-check`, which
+# start their own node on free ports with everything in a temporary folder. The service the package
+# starts is not needed: it is disabled right after installing, never when it was there before.
+rabbitmq-server:
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || \
+	  ( echo "installing rabbitmq-server (apt-get)"; $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq rabbitmq-server >/dev/null && \
+	    { $(SUDO) systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true; } )
+
+# The RabbitMQ compatibility check alone, each step's time printed (about 25 s; `make test` runs it
+# too, as tests/test_rabbitmq.py): the agent, fleet list, a signed group push and a rollback
+# through a throwaway RabbitMQ node with the MQTT plugin.
+rabbitmq-check: install-test rabbitmq-server
+	$(BIN)/python tests/rabbitmq_check.py
+
 # systemd-analyze checks the unit (verify, security score) in tests/test_systemd_unit.py;
 # it comes with the systemd package. Nothing is started: the tests need only the tool.
 systemd-analyze:
@@ -78,7 +93,7 @@ demo: install mosquitto
 # The whole suite, as CI runs it (.ci/run), but for the tests marked retrain (minutes of
 # retraining a model from models/ to check it reproduces the committed files byte for byte):
 # `make test-retrain` runs those. -ra (pyproject.toml) lists every skip with its reason.
-test: install-test test-wheels mosquitto systemd-analyze chromium
+test: install-test test-wheels mosquitto rabbitmq-server systemd-analyze chromium
 	$(BIN)/python -m pytest -q -m "not retrain"
 
 test-retrain: install-test
