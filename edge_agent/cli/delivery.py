@@ -91,6 +91,9 @@ def add_push(commands: argparse._SubParsersAction) -> None:
                         help="keep listening S seconds after activation, to catch an automatic rollback (default 0)")
     parser.add_argument("--allow-downgrade", action="store_true",
                         help="let the boards install it even if its version is older than the one they run")
+    parser.add_argument("--unicast", action="store_true",
+                        help="with --group: send each board its own copy, not one broadcast for the group (boards "
+                             "older than the group push protocol)")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per device")
     add_discover_option(parser)
     _add_broker_options(parser)
@@ -123,11 +126,13 @@ def _push_command(args: argparse.Namespace) -> int:
         manifest = bundle.manifest
         signed = f"signed with key {key.key_id}" if key else "UNSIGNED requests (only boards without trusted_keys take them)"
         encrypted = f", encrypted for {manifest.encryption.describe_recipients()}" if manifest.encryption else ""
+        how = f"once for group {args.group}" if args.group and not args.unicast else "to each"
         print(f"pushing {manifest.name} {manifest.version} ({len(content):,} bytes, "
               f"{-(-len(content) // chunk_size)} chunk(s) of {args.chunk_kb} KiB{encrypted}) to {len(devices)} device(s) "
-              f"via {broker.label}, {signed}", file=sys.stderr)
+              f"({how}) via {broker.label}, {signed}", file=sys.stderr)
         options = PushOptions(broker, args.prefix, args.pipeline, chunk_size, timeout_s=args.timeout, watch_s=args.watch,
-                              key=key, allow_downgrade=args.allow_downgrade)
+                              key=key, allow_downgrade=args.allow_downgrade,
+                              group=args.group if args.group and not args.unicast else "")
         results = Pusher(content, devices, options, ProgressBoard(devices), args.bundle.name).run() if devices else []
     except ConnectionError as err:
         return fail(str(err), EXIT_FAILED)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the keys come loaded: a board without trusted keys never im
 
 REQUEST_FORMAT = b"edge-agent-request/1\n"
 AUTH_FIELD = "auth"
-ACTIONS = ("begin", "end", "abort", "rollback", "list", "discover")
+ACTIONS = ("begin", "end", "abort", "rollback", "list", "discover", "group_begin")
 MAX_SAFE_INTEGER = 2 ** 53
 REMEMBERED_REQUESTS = 4096
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")

@@ -12,6 +12,19 @@ Topics, all under `{prefix}/{device}/models/`, QoS 1, never retained:
   events                         board → host  JSON {transfer_id | request_id, device, pipeline, event,
                                                reason, previous, new, ts} (+ "missing": [n, ...], "models")
 
+A push to a group (`edge-agent push --group G`) sends the bundle once for the whole group, on
+topics every member subscribes to (one per group in its config `groups`), QoS 1, never retained:
+
+  {prefix}/fleet/group/{G}/push/{transfer_id}/begin      host → boards  JSON PushBegin + {group, devices}
+  {prefix}/fleet/group/{G}/push/{transfer_id}/chunk/{n}  host → boards  raw bytes, as above
+
+The group begin is signed once for the device "*" with the action `group_begin`; its `devices`
+(covered by the signature) name the boards expected, and a board not named ignores it. Everything
+after it is per board, on the board's own topics as above: `accepted`, the pusher's `end`, the
+board's `missing` answered by a unicast resend of just those chunks, the final events. The group
+topics live under `{prefix}/fleet/`, beside discovery, so no group name can collide with a
+device's own `{prefix}/{device}/...` topics.
+
 Every JSON request is signed (edge_agent.delivery.signed_request: an `auth` object) unless the
 board has no trusted keys and allows unsigned models. Chunks are not signed one by one: the
 signed begin lists the SHA-256 of every chunk (`chunk_hashes`), so a board keeps only the chunks
@@ -54,13 +67,17 @@ MAX_CHUNKS = 65536
 MAX_BEGIN_BYTES = 4 * 1024 * 1024  # chunk_hashes: 44 base64 characters per chunk
 EVENTS = ("accepted", "missing", "received", "verified", "activated", "rejected", "rolled_back", "listed")
 FINAL_EVENTS = frozenset({"activated", "rejected", "rolled_back", "listed"})
+MAX_GROUP_DEVICES = 20000  # boards one group begin may name (66 bytes each at most)
+GROUP_BEGIN = "group_begin"  # the action a group begin is signed for (for the device "*")
 REQUEST_KINDS = ("begin", "chunk", "end", "abort", "rollback", "list")
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^([^/\x00-\x1f\x7f]{1,128})?$")
+_NOT_IN_ID = re.compile(r"[/+#\s\x00-\x1f\x7f]")  # a device id is any text without these (config topic_safe)
+MAX_DEVICE_CHARS = 128
 _INDEX = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also takes '١' and '²'
 
-__all__ = ["ProtocolError", "PushBegin", "ModelsTopic", "parse_begin", "parse_json_object", "parse_models_topic"]
+__all__ = ["ProtocolError", "PushBegin", "GroupBegin", "ModelsTopic", "parse_begin", "parse_json_object", "parse_models_topic"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,32 @@ def models_base(prefix: str, device: str) -> str:
 def push_topic(prefix: str, device: str, transfer_id: str, part: str) -> str:
     """`part` is "begin", "end", "abort" or "chunk/{n}"."""
     return f"{models_base(prefix, device)}/push/{transfer_id}/{part}"
+
+
+def group_base(prefix: str, group: str) -> str:
+    return f"{prefix.rstrip('/')}/fleet/group/{group}"
+
+
+def group_push_topic(prefix: str, group: str, transfer_id: str, part: str) -> str:
+    """`part` is "begin" or "chunk/{n}": what a group push sends once for every member."""
+    return f"{group_base(prefix, group)}/push/{transfer_id}/{part}"
+
+
+def group_push_filter(prefix: str, group: str) -> str:
+    """What a member of `group` subscribes to."""
+    return f"{group_base(prefix, group)}/push/#"
+
+
+def parse_group_topic(topic: str, prefix: str, groups: tuple[str, ...]) -> tuple[str, ModelsTopic]:
+    """(group, begin or chunk) of a group push topic of one of `groups`; ProtocolError otherwise."""
+    for group in groups:
+        base = group_base(prefix, group)
+        if topic.startswith(base + "/push/"):
+            where = parse_models_topic(topic, base)
+            if where.kind in ("begin", "chunk"):
+                return group, where
+    raise ProtocolError(f"{clip(topic)} is not a group push topic of this board's groups "
+                        "(fleet/group/G/push/ID/begin|chunk/N)")
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -209,6 +252,34 @@ def parse_begin(payload: bytes | dict[str, Any], transfer_id: str) -> PushBegin:
     if not isinstance(token_sha, str) or (token_sha and not _SHA256.match(token_sha)):
         raise ProtocolError("begin: abort_token_sha256 must be 64 lower-case hex digits or empty")
     return PushBegin(transfer_id, pipeline, size, sha256, chunk_size, chunks, name, hashes, allow_downgrade, token_sha)
+
+
+@dataclass(frozen=True)
+class GroupBegin:
+    """A group push's begin: the transfer, the group it is for and the boards it names."""
+
+    push: PushBegin
+    group: str
+    devices: tuple[str, ...]
+
+
+def group_begin_params(begin: PushBegin, group: str, devices: list[str]) -> dict[str, Any]:
+    return {**begin.to_params(), "group": group, "devices": list(devices)}
+
+
+def parse_group_begin(data: dict[str, Any], transfer_id: str, group: str) -> GroupBegin:
+    """Check a group begin (already parsed within bounds): the push fields as parse_begin, the group the
+    topic names, and a list of device ids."""
+    if data.get("group") != group:
+        raise ProtocolError(f"group begin: group {clip_repr(data.get('group'), 80)} does not match the topic's "
+                            f"{group!r}")
+    devices = data.get("devices")
+    if (not isinstance(devices, list) or not 1 <= len(devices) <= MAX_GROUP_DEVICES
+                or not all(isinstance(d, str) and 0 < len(d) <= MAX_DEVICE_CHARS and not _NOT_IN_ID.search(d)
+                       for d in devices)):
+        raise ProtocolError(f"group begin: devices must be a list of 1 to {MAX_GROUP_DEVICES} device ids")
+    fields = {k: v for k, v in data.items() if k not in ("group", "devices")}
+    return GroupBegin(parse_begin(fields, transfer_id), group, tuple(devices))
 
 
 def abort_token_matches(begin: PushBegin, token: Any) -> bool:

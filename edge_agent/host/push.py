@@ -8,6 +8,12 @@ broker's acknowledgement, which paces the sender and drives the progress bars. A
 gives up on mid-transfer (timeout, Ctrl-C, a broker refusing the chunks) is sent `abort`, so it
 is free for the next push at once.
 
+A group push (`options.group`) sends the bundle once for the whole group: one begin on the group's
+topic (signed once, naming the devices), then, when every device has answered it (or run out of
+time), each chunk once on the group's chunk topic, paced by the broker's acknowledgements. From
+there on every device is on its own, as above: `end`, its `missing` chunks re-sent on its own
+topic, its final answer. So the pusher hands the broker the bundle about once, not once per device.
+
 With a signing key every request (begin, end, abort) is signed for its board
 (edge_agent.delivery.signed_request); the chunks are bound to the signed begin by their hashes.
 A broker that restarts mid-push costs a pause, not the push: messages handed over while it is
@@ -27,7 +33,17 @@ from dataclasses import dataclass, field
 
 from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.signed_request import sign_request
-from edge_agent.delivery.update_protocol import DEFAULT_CHUNK_SIZE, describe_bundle, models_base, new_id, push_topic
+from edge_agent.delivery.fleet_protocol import EVERY_DEVICE
+from edge_agent.delivery.update_protocol import (
+    DEFAULT_CHUNK_SIZE,
+    GROUP_BEGIN,
+    describe_bundle,
+    group_begin_params,
+    group_push_topic,
+    models_base,
+    new_id,
+    push_topic,
+)
 from edge_agent.host.broker import BrokerAddress, broker_listener
 from edge_agent.host.progress import ProgressBoard
 from edge_agent.mqtt.client import Delivery
@@ -60,6 +76,7 @@ class PushOptions:
     skip_first: frozenset[int] = frozenset()  # chunks left out of the first round (rehearses a lost chunk)
     key: PrivateKey | None = None  # signs every request; None: unsigned (only boards without trusted keys take it)
     allow_downgrade: bool = False  # the signed begin says an older version may replace the active one
+    group: str = ""  # the devices are this group's members: send the bundle once on the group's topics
 
 
 @dataclass
@@ -130,6 +147,9 @@ class Pusher:
         self._disconnects_seen = 0
         self._fruitless_disconnects = 0
         self._acked_at_disconnect = 0
+        self._broadcast_next = 0  # group push: the next chunk to send on the group's topic
+        self._broadcast_inflight: deque[tuple[int, Delivery]] = deque()
+        self._broadcast_done = not options.group
 
     def run(self) -> list[PushResult]:
         options = self.options
@@ -141,10 +161,14 @@ class Pusher:
             for target in self.targets.values():
                 target.started_mono = time.monotonic()
                 target.enter("begin")
-                self._send_request(target.device, "begin", self.begin.to_params())
+                if not options.group:
+                    self._send_request(target.device, "begin", self.begin.to_params())
+            if options.group:
+                self._send_group_begin()
             while any(t.state != "done" for t in self.targets.values()):
                 self._take_events()
                 self._check_broker()
+                self._broadcast()
                 for target in self.targets.values():
                     self._advance(target)
                     self._show(target)
@@ -202,6 +226,42 @@ class Pusher:
     def _send_request(self, device: str, action: str, params: dict) -> Delivery:
         return self._publish(device, action, self._request(device, action, params))
 
+    def _send_group_begin(self) -> None:
+        """One begin for every device, signed once (for the device "*"), naming them."""
+        options = self.options
+        params = group_begin_params(self.begin, options.group, list(self.targets))
+        key = options.key
+        message = sign_request(key, GROUP_BEGIN, EVERY_DEVICE, self.transfer_id, params) if key is not None else params
+        self._listener.publish(group_push_topic(options.prefix, options.group, self.transfer_id, "begin"),
+                               json.dumps(message, separators=(",", ":")), qos=1)
+
+    def _broadcast(self) -> None:
+        """Group push: once every device has answered the begin, each chunk once on the group's topic, at most
+        `window` waiting for the broker; each device that accepted counts an acknowledged chunk as sent. Then
+        every device goes on alone (its end, its missing chunks by unicast)."""
+        if self._broadcast_done or any(t.state == "begin" for t in self.targets.values()):
+            return
+        receivers = [t for t in self.targets.values() if t.state == "sending"]
+        inflight = self._broadcast_inflight
+        while inflight and inflight[0][1].done():
+            index = inflight.popleft()[0]
+            for target in receivers:
+                target.acked.add(index)
+        total = self.begin.chunks
+        while receivers and len(inflight) < self.options.window and self._broadcast_next < total:
+            index = self._broadcast_next
+            self._broadcast_next += 1
+            if index in self.options.skip_first:
+                continue
+            start = index * self.begin.chunk_size
+            topic = group_push_topic(self.options.prefix, self.options.group, self.transfer_id, f"chunk/{index}")
+            inflight.append((index, self._listener.publish(topic, self.bundle[start:start + self.begin.chunk_size],
+                                                           qos=1)))
+        if not receivers or (not inflight and self._broadcast_next >= total):
+            self._broadcast_done = True
+            for target in self.targets.values():
+                target.next_chunk = total  # what is still missing, each device asks for (and gets by unicast)
+
     def _send_end(self, target: _Target) -> None:
         target.enter(target.state if target.state == "installing" else "ending")
         self._send_request(target.device, "end", {"transfer_id": self.transfer_id})
@@ -234,6 +294,8 @@ class Pusher:
             self._send_end(target)  # the board answers a finished transfer's `end` with its final event
 
     def _send_chunks(self, target: _Target) -> None:
+        if not self._broadcast_done:
+            return  # the group's broadcast sends the first round
         while target.inflight and target.inflight[0][1].done():
             target.acked.add(target.inflight.popleft()[0])
         while len(target.inflight) < self.options.window:

@@ -465,6 +465,8 @@ class Agent:
             "groups": list(self.config.groups),
             "pipelines": pipelines,
         }
+        if self.updates is not None:
+            state["models"] = self.updates.counters()
         if self.mqtt is not None:
             state["mqtt"] = {
                 "connected": self.mqtt.connected.is_set(),

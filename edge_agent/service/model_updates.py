@@ -36,6 +36,8 @@ from edge_agent.delivery.update_protocol import (
     PushBegin,
     abort_token_matches,
     is_valid_id,
+    group_base,
+    group_push_filter,
     models_base,
     parse_begin,
 )
@@ -75,12 +77,16 @@ class ModelUpdates:
         self.gate = RequestGate(self.base, config.device_id, mode, keys, self.settings.max_clock_skew_s,
                                 self.settings.max_begins_per_minute)
         self.discover_topic = discover_topic(config.mqtt.topic_prefix)
+        self.prefix = config.mqtt.topic_prefix
+        self.groups = tuple(config.groups)
+        self._group_bases = tuple(group_base(self.prefix, g) + "/" for g in self.groups)
         self.fleet = FleetAnswers(host, lambda topic, payload: publisher.publish(topic, payload, qos=1),
                                   self.settings.max_discovery_answers_per_minute)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._inbox_bytes = 0
         self._inbox_lock = threading.Lock()
         self.dropped_requests = 0  # messages dropped because the inbox was full (a flood)
+        self.dropped_chunks = 0  # chunks of no transfer this board holds, or not the ones its begin lists
         self._stop = threading.Event()
         self.installer = ModelInstaller(host, self._stop)
         self._transfer: Transfer | None = None
@@ -102,6 +108,8 @@ class ModelUpdates:
         for topic in ("push/#", "rollback", "list"):
             self.publisher.subscribe(f"{self.base}/{topic}", self._receive)
         self.publisher.subscribe(self.discover_topic, self._receive)
+        for group in self.groups:  # group pushes: the bundle is sent once for every member
+            self.publisher.subscribe(group_push_filter(self.prefix, group), self._receive)
         self._worker.start()
         modes = {"signed": f"requests signed by {len(self.gate.keys)} trusted key(s)",
                  "open": "UNSIGNED requests from anyone on the broker (no trusted_keys, allow_unsigned_models = true)",
@@ -119,6 +127,10 @@ class ModelUpdates:
         if self._transfer is not None:
             self._transfer.discard()
             self._transfer = None
+
+    def counters(self) -> dict[str, int]:
+        """What the state message shows of requests the board did not act on."""
+        return {"dropped_chunks": self.dropped_chunks, "dropped_requests": self.dropped_requests}
 
     def in_probation(self, pipeline: str) -> bool:
         return pipeline in self.installer.probation
@@ -164,7 +176,10 @@ class ModelUpdates:
             self._discover(payload)
             return
         try:
-            request = self.gate.admit(topic, payload)
+            if topic.startswith(self._group_bases):
+                request = self.gate.admit_group(topic, payload, self.prefix, self.groups)
+            else:
+                request = self.gate.admit(topic, payload)
         except Refusal as refusal:
             self._refused(refusal)
             return
@@ -270,13 +285,16 @@ class ModelUpdates:
     def _chunk(self, request: Request) -> None:
         transfer = self._transfer
         if transfer is None or transfer.transfer_id != request.transfer_id:
-            if request.transfer_id not in self._done_ids:
-                self._log.log(logging.DEBUG, "chunk-unknown", "chunk %d of unknown transfer %s dropped", request.index,
-                              request.transfer_id)
+            # a transfer this board never accepted (a group push it refused or is not named in), one that
+            # is over, or noise: dropped and counted
+            self.dropped_chunks += 1
+            self._log.log(logging.INFO, "chunk-unknown", "chunk %d of transfer %s, which this board does not hold, "
+                          "dropped (%d so far)", request.index, clip(request.transfer_id, 80), self.dropped_chunks)
             return
         try:
             transfer.write_chunk(request.index, request.payload)
         except StrayChunk as err:  # not this transfer's chunk: someone else on the broker; the transfer goes on
+            self.dropped_chunks += 1
             self._log.log(logging.WARNING, "chunk-stray", "dropped a chunk that is not the transfer's: %s", err)
         except TransferError as err:
             self._fail_transfer(str(err))

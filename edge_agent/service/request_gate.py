@@ -14,6 +14,9 @@ Modes, from the config:
   closed   no trusted_keys otherwise: nobody can be authenticated, so every request is refused.
 A discover request (`{prefix}/fleet/discover`, edge_agent.delivery.fleet_protocol) passes
 `admit_discover`: the same modes, signed for the device "*". Every refusal of one is silent: a fleet answering a broadcast it refuses would flood the broker for whoever sent it.
+A group push (`{prefix}/fleet/group/G/push/...`, one of the board's own groups) passes
+`admit_group`: its begin signed once for the device "*" with the action group_begin, the same
+modes, clock window, replay guard and begin rate; its chunks like any other.
 Chunks are raw bytes and carry no signature: they are bound to their transfer by the chunk
 hashes of its (signed) begin, which the transfer checks.
 """
@@ -28,7 +31,14 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.delivery.request_limits import DEFAULT_JSON_BYTES, ProtocolError, RateWindow, parse_json_object
 from edge_agent.delivery.signed_request import ReplayGuard, RequestAuthError, split_request, verify_request
 from edge_agent.delivery.fleet_protocol import DISCOVER, EVERY_DEVICE, MAX_DISCOVER_BYTES, parse_discover
-from edge_agent.delivery.update_protocol import MAX_BEGIN_BYTES, is_valid_id, parse_models_topic
+from edge_agent.delivery.update_protocol import (
+    GROUP_BEGIN,
+    MAX_BEGIN_BYTES,
+    is_valid_id,
+    parse_group_begin,
+    parse_group_topic,
+    parse_models_topic,
+)
 
 if TYPE_CHECKING:  # keys come loaded: a board without trusted keys never imports `cryptography`
     from edge_agent.delivery.keys import PublicKey
@@ -47,6 +57,8 @@ class Request:
     data: dict[str, Any] = field(default_factory=dict)  # the JSON request without its auth
     signed_by: str = ""  # the trusted key's id; "" for an unsigned request (open mode) or a chunk
     payload: bytes = b""  # a chunk's bytes
+    group: str = ""  # a group push's begin or chunk: the group whose topic carried it
+    devices: tuple[str, ...] = ()  # a group begin: the boards it names
 
     @property
     def id(self) -> str:
@@ -112,6 +124,51 @@ class RequestGate:
                               "delivery)", "replay", request_id, silent=True)
             signed_by = verified.key.key_id
         return Request(DISCOVER, request_id=request_id, data=request.to_params(), signed_by=signed_by)
+
+    def admit_group(self, topic: str, payload: bytes, prefix: str, groups: tuple[str, ...],
+                    now_ms: int | None = None) -> Request:
+        """A group push's begin or chunk. A begin comes out as a "begin" Request with `group` and
+        `devices` set; one that does not name this board is refused silently."""
+        try:
+            group, where = parse_group_topic(topic, prefix, groups)
+        except ProtocolError as err:
+            raise Refusal(str(err), "group-topic", silent=True) from None
+        if where.kind == "chunk":
+            return Request("chunk", where.transfer_id, index=where.index, payload=payload, group=group)
+        transfer_id = where.transfer_id
+        try:
+            message = parse_json_object(payload, "group begin", MAX_BEGIN_BYTES)
+            data, _ = split_request(message)
+            parsed = parse_group_begin(data, transfer_id, group)
+        except ProtocolError as err:
+            raise Refusal(str(err), "begin-malformed", transfer_id, silent=True) from None
+        # a refusal is answered only by the boards the begin names (rate-limited by the caller): one
+        # forged broadcast must not make a whole group publish
+        if self.device_id not in parsed.devices:
+            raise Refusal(f"group begin {transfer_id} does not name this device", "group-not-named", transfer_id,
+                          silent=True)
+        if not self.begins.allow():
+            raise Refusal(f"more than {self.begins.limit} push begins in the last minute "
+                          "(models.max_begins_per_minute): try again in a minute", "begin-rate", transfer_id)
+        signed_by = ""
+        if self.mode == CLOSED:
+            raise Refusal("a group push: this board has no trusted_keys, so it cannot tell who sent it and takes "
+                          "none (add the workstation's .pub to trusted_keys)", "closed", transfer_id)
+        if self.mode == SIGNED:
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            try:
+                verified = verify_request(message, GROUP_BEGIN, EVERY_DEVICE, transfer_id, self.keys, now,
+                                          self.max_clock_skew_s)
+            except RequestAuthError as err:
+                raise Refusal(str(err), "begin-unauthenticated", transfer_id) from None
+            except ProtocolError as err:
+                raise Refusal(f"group begin: {err}", "begin-malformed", transfer_id) from None
+            if not self.replays.first_time(GROUP_BEGIN, transfer_id, verified.issued_at_ms, now):
+                raise Refusal(f"the group begin {transfer_id} was seen before (a replay or a duplicate delivery)",
+                              "replay", transfer_id, silent=True)
+            signed_by = verified.key.key_id
+        return Request("begin", transfer_id, data=parsed.push.to_params(), signed_by=signed_by, group=group,
+                       devices=parsed.devices)
 
     def admit(self, topic: str, payload: bytes, now_ms: int | None = None) -> Request:
         try:
