@@ -88,6 +88,7 @@ def secured(tmp_path_factory):
 device_id = "board-1"
 state_dir = "{folder / 'board-1-state'}"
 trusted_keys = ["{folder / 'dev.pub'}"]
+groups = ["lab"]
 [mqtt]
 host = "127.0.0.1"
 port = {port}
@@ -242,3 +243,35 @@ def test_discovery_passes_the_acl_and_another_board_cannot_answer_in_board_1s_na
     finally:
         stop(forger)
         stop(consumer)
+
+
+def test_a_group_push_passes_the_acl_and_another_board_cannot_write_to_the_group(secured):
+    """The broadcast topics of `push --group` go through the shipped ACL from the workstation to board-1;
+    board-2 (a valid user) may not publish there, so its chunk never reaches board-1 (whose dropped-chunk
+    count stays where it was)."""
+    received: list = []
+    consumer, _ = client(secured, "consumer", received, ("edge/board-1/state", "edge/board-1/cam/predictions"))
+    forger, connacks = client(secured, "board-2")
+    try:
+        assert wait_until(lambda: payloads(received, "board-1/state") and connacks, 15)
+
+        def dropped() -> int:
+            return json.loads(payloads(received, "board-1/state")[-1]).get("models", {}).get("dropped_chunks", 0)
+
+        before = dropped()
+        forger.publish("edge/fleet/group/lab/push/push-forged/chunk/0", b"x" * 100, qos=1)
+        v3 = make_bundle(secured["folder"] / "v3.eab", DEMO_MODEL, secured["keys"]["dev"], "3.0")
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "push", str(v3), "--group", "lab", "--json", "--discover-s", "3",
+             "--broker", secured["broker"].address, "--ca", str(secured["certs"]["ca"]), "--username", "workstation",
+             "--password-file", str(secured["folder"] / "workstation.password"),
+             "--key", str(secured["folder"] / "dev.key")], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr + secured["agent"].stderr
+        assert [(r["device"], r["result"]) for r in json.loads(result.stdout)] == [("board-1", "activated")]
+        assert "once for group lab" in result.stderr
+        seen = len(payloads(received, "board-1/state"))
+        assert wait_until(lambda: len(payloads(received, "board-1/state")) > seen + 1, 10)
+        assert dropped() == before, "board-2's chunk never reached board-1"
+    finally:
+        stop(consumer)
+        stop(forger)

@@ -27,7 +27,7 @@ from edge_agent.delivery.signed_request import sign_request
 from edge_agent.delivery.update_protocol import GROUP_BEGIN, describe_bundle, group_begin_params, group_push_topic
 
 # the boards metered (3 in `make test`; BROADCAST_BOARDS=20 for the README's numbers)
-METERED = [f"b{n}" for n in range(int(os.environ.get("BROADCAST_BOARDS", "3")))]
+METERED = [f"b{n:02d}" for n in range(int(os.environ.get("BROADCAST_BOARDS", "3")))]
 LOSSY = "lossy"
 BYTES = "$SYS/broker/bytes/received"
 FLOAT_SHA = hashlib.sha256(DEMO_FLOAT_MODEL.read_bytes()).hexdigest()
@@ -67,11 +67,22 @@ def fleet(tmp_path_factory):
         broker.stop()
 
 
-def broker_bytes(collector: Collector) -> int:
-    """The broker's bytes received, from a $SYS sample published after this call (sys_interval 1)."""
+def broker_bytes(collector: Collector) -> tuple[int, float]:
+    """The broker's bytes received from a $SYS sample published after this call (sys_interval 1), and when
+    it arrived (monotonic s)."""
     seen = len(collector.payloads(BYTES))
-    assert wait_until(lambda: len(collector.payloads(BYTES)) >= seen + 2, 10), "no $SYS sample"
-    return int(collector.payloads(BYTES)[-1])
+    assert wait_until(lambda: len(collector.payloads(BYTES)) >= seen + 1, 10), "no $SYS sample"
+    seen = len(collector.payloads(BYTES))  # the first one may have been taken before the call
+    assert wait_until(lambda: len(collector.payloads(BYTES)) >= seen + 1, 10), "no $SYS sample"
+    return int(collector.payloads(BYTES)[-1]), time.monotonic()
+
+
+def background_rate(collector: Collector, window_s: float = 5.0) -> float:
+    """Bytes per second the broker receives with no push going on (predictions, state)."""
+    start, start_s = broker_bytes(collector)
+    time.sleep(window_s)
+    end, end_s = broker_bytes(collector)
+    return (end - start) / (end_s - start_s)
 
 
 def state_counter(collector: Collector, device: str, name: str) -> int:
@@ -86,21 +97,26 @@ def test_a_group_push_hands_the_broker_the_bundle_once_not_once_per_board(fleet)
     collector, folder, broker = fleet["collector"], fleet["folder"], fleet["broker"]
     key_file = str(folder / "dev.key")
     measured = {}
+    rate = background_rate(collector)
     for mode, model, version in (("unicast", DEMO_FLOAT_MODEL, "2.0"), ("broadcast", DEMO_FLOAT_MODEL, "3.0")):
         bundle = make_bundle(folder / f"meter-{version}.eab", model, fleet["key"], version)
-        before = broker_bytes(collector)
+        before, before_s = broker_bytes(collector)
+        started = time.monotonic()
         result = push_cli(broker, bundle, "--group", "meter", "--json", "--key", key_file, "--discover-s", "2",
                           *(["--unicast"] if mode == "unicast" else []))
-        after = broker_bytes(collector)
+        command_s = time.monotonic() - started
+        after, after_s = broker_bytes(collector)
         assert result.returncode == 0, result.stdout + result.stderr
         table = json.loads(result.stdout)
         assert [(r["device"], r["result"]) for r in table] == [(d, "activated") for d in METERED]
         size = bundle.stat().st_size
-        measured[mode] = (after - before) / size
-        print(f"{mode}: push of {size:,} bytes to {len(METERED)} boards: {after - before:,} bytes received by the "
-              f"broker = {measured[mode]:.2f} x the bundle")
+        push_bytes = after - before - rate * (after_s - before_s)  # what the push added to the background
+        measured[mode] = push_bytes / size
+        print(f"{mode}: push of {size:,} bytes to {len(METERED)} boards in {command_s:.1f} s (command): "
+              f"{after - before:,} bytes received by the broker in {after_s - before_s:.1f} s, "
+              f"{push_bytes:,.0f} of them the push's ({rate:,.0f} B/s background) = {measured[mode]:.2f} x the bundle")
     assert wait_until(lambda: all(serving(collector, d) == FLOAT_SHA for d in METERED), 15)
-    # the other traffic in the window (predictions, state, discovery, events) is a few kB
+    # the push's bytes include its discovery, begin (with the chunk hashes), ends and the boards' events
     assert measured["unicast"] > len(METERED) - 0.2, measured
     assert measured["broadcast"] < 1.3, measured
     assert not any(e["event"] == "missing" for d in METERED for e in events(collector, d)), \
@@ -146,13 +162,13 @@ def test_stray_and_forged_broadcast_chunks_are_dropped_counted_and_break_nothing
         transfer_id = "push-by-hand-broadcast"
         begin = describe_bundle(transfer_id, content, 1024)
         signed = json.dumps(sign_request(key, GROUP_BEGIN, EVERY_DEVICE, transfer_id,
-                                         group_begin_params(begin, "meter", ["b0"])))
+                                         group_begin_params(begin, "meter", ["b00"])))
         client.publish(group_push_topic("edge", "meter", transfer_id, "begin"), signed, qos=1)
         assert wait_until(lambda: any(e["event"] == "accepted" and e.get("transfer_id") == transfer_id
-                                      for e in events(collector, "b0")), 10)
-        for device in ("b1", "b2"):  # not named: not even an answer
+                                      for e in events(collector, "b00")), 10)
+        for device in ("b01", "b02"):  # not named: not even an answer
             assert not [e for e in events(collector, device) if transfer_id in (e.get("transfer_id"), e.get("claimed_id"))]
-        dropped = state_counter(collector, "b0", "dropped_chunks")
+        dropped = state_counter(collector, "b00", "dropped_chunks")
         client.publish(group_push_topic("edge", "meter", transfer_id, "chunk/0"), b"\0" * 1024, qos=1)
         for index in range(begin.chunks):
             client.publish(group_push_topic("edge", "meter", transfer_id, f"chunk/{index}"),
@@ -160,14 +176,14 @@ def test_stray_and_forged_broadcast_chunks_are_dropped_counted_and_break_nothing
         # the replayed begin is ignored (the transfer goes on untouched)
         client.publish(group_push_topic("edge", "meter", transfer_id, "begin"), signed, qos=1)
         time.sleep(1)
-        send_end(client, key, "b0", transfer_id)
+        send_end(client, key, "b00", transfer_id)
         assert wait_until(lambda: any(e.get("transfer_id") == transfer_id and e["event"] in ("activated", "rejected")
-                                      for e in events(collector, "b0")), 30)
-        final = [e for e in events(collector, "b0") if e.get("transfer_id") == transfer_id][-1]
+                                      for e in events(collector, "b00")), 30)
+        final = [e for e in events(collector, "b00") if e.get("transfer_id") == transfer_id][-1]
         assert final["event"] == "activated", final
-        assert [e["event"] for e in events(collector, "b0") if e.get("transfer_id") == transfer_id] == \
+        assert [e["event"] for e in events(collector, "b00") if e.get("transfer_id") == transfer_id] == \
             ["accepted", "received", "verified", "activated"]
-        assert wait_until(lambda: state_counter(collector, "b0", "dropped_chunks") >= dropped + 1, 10)
+        assert wait_until(lambda: state_counter(collector, "b00", "dropped_chunks") >= dropped + 1, 10)
     finally:
         client.disconnect()
         client.loop_stop()

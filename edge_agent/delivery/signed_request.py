@@ -9,8 +9,9 @@ A request is a JSON object: its parameters, and an `auth` object added by the si
 The Ed25519 signature (the same keys that sign bundles: a board verifies with `trusted_keys`)
 covers the canonical encoding of
 
-  {"action": "begin" | "end" | "abort" | "rollback" | "list" | "discover",
-   "device": the target's device id ("*" for discover), "id": the transfer or request id,
+  {"action": "begin" | "end" | "abort" | "rollback" | "list" | "discover" | "group_begin",
+   "device": the target's device id ("*" for discover and group_begin, whose params name the group
+   and the devices), "id": the transfer or request id,
    "issued_at_ms": the signer's clock, "params": every field of the request except auth}
 
 namely the bytes b"edge-agent-request/1\\n" followed by that object as JSON with sorted keys,

@@ -78,8 +78,8 @@ class ModelUpdates:
                                 self.settings.max_begins_per_minute)
         self.discover_topic = discover_topic(config.mqtt.topic_prefix)
         self.prefix = config.mqtt.topic_prefix
-        self.groups = tuple(config.groups)
-        self._group_bases = tuple(group_base(self.prefix, g) + "/" for g in self.groups)
+        self.groups: tuple[str, ...] = ()  # the groups whose pushes this board hears (follows a reload)
+        self._groups_topic = group_base(self.prefix, "")  # every group push topic starts so
         self.fleet = FleetAnswers(host, lambda topic, payload: publisher.publish(topic, payload, qos=1),
                                   self.settings.max_discovery_answers_per_minute)
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -108,14 +108,25 @@ class ModelUpdates:
         for topic in ("push/#", "rollback", "list"):
             self.publisher.subscribe(f"{self.base}/{topic}", self._receive)
         self.publisher.subscribe(self.discover_topic, self._receive)
-        for group in self.groups:  # group pushes: the bundle is sent once for every member
-            self.publisher.subscribe(group_push_filter(self.prefix, group), self._receive)
+        self._follow_groups()
         self._worker.start()
         modes = {"signed": f"requests signed by {len(self.gate.keys)} trusted key(s)",
                  "open": "UNSIGNED requests from anyone on the broker (no trusted_keys, allow_unsigned_models = true)",
                  "closed": "no requests (no trusted_keys to authenticate them)"}
         logger.info("model updates: %s on %s/#, taking %s", "enabled" if self.settings.enabled else "disabled "
                     "(models.enabled = false; requests are answered with rejected)", self.base, modes[self.gate.mode])
+
+    def _follow_groups(self) -> None:
+        """Hear the pushes of every group the config lists now: a reload may add groups (the state and the
+        discovery answers name them at once). A group the config no longer lists stays subscribed (the
+        publisher cannot unsubscribe) but its pushes are refused silently, as any group's not listed."""
+        groups = tuple(self.host.config.groups)
+        if groups == self.groups:
+            return
+        for group in groups:
+            if group not in self.groups:
+                self.publisher.subscribe(group_push_filter(self.prefix, group), self._receive)
+        self.groups = groups
 
     def stop(self) -> None:
         """Stop taking requests, kill a running self-test, delete an unfinished transfer."""
@@ -165,6 +176,7 @@ class ModelUpdates:
                 except Exception:  # the edge of the loop: one bad request must not end the updater
                     logger.exception("model request on %s failed", clip(topic))
             try:
+                self._follow_groups()
                 self._expire_transfer()
                 self._watch_probation()
             except Exception:
@@ -176,7 +188,7 @@ class ModelUpdates:
             self._discover(payload)
             return
         try:
-            if topic.startswith(self._group_bases):
+            if topic.startswith(self._groups_topic):
                 request = self.gate.admit_group(topic, payload, self.prefix, self.groups)
             else:
                 request = self.gate.admit(topic, payload)

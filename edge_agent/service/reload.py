@@ -4,7 +4,8 @@ Model-only changes (model file, labels, task, thresholds, preprocessing, runtime
 swap the model between two frames; changes to a pipeline's source, sinks or pacing restart
 that pipeline; MQTT, spool, serial, device id and state directory need a restart of the
 agent, because changing them would drop the MQTT session; so do trusted keys and [models]
-(the model updater holds them). `groups` take effect at the next state message, `log_level` at
+(the model updater holds them). `groups` take effect at the next state message (and the group pushes the
+board hears within a fraction of a second), `log_level` at
 once (unless `run --log-level` was given).
 """
 
