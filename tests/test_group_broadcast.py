@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -211,3 +212,21 @@ def test_an_unsigned_group_begin_is_ignored_by_signed_boards(fleet):
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_a_group_added_by_a_reload_gets_its_group_pushes(tmp_path, session_broker, collect, agent_process):
+    keys = make_keys(tmp_path, "dev")
+    v1 = make_bundle(tmp_path / "v1.eab", DEMO_MODEL, keys["dev"], "1.0")
+    v2 = make_bundle(tmp_path / "v2.eab", DEMO_FLOAT_MODEL, keys["dev"], "2.0")
+    collector = collect(session_broker, ["edge/reloaded/cam/predictions", "edge/reloaded/state"])
+    config = agent_config(tmp_path / "reloaded.toml", session_broker, "reloaded", v1, [tmp_path / "dev.pub"],
+                          top='groups = ["before"]', max_fps=2)
+    agent = agent_process("run", "--config", str(config))
+    assert wait_until(lambda: predictions(collector, "reloaded"), 60), agent.stderr()[-2000:]
+    config.write_text(config.read_text().replace('groups = ["before"]', 'groups = ["before", "added"]'))
+    agent.signal(signal.SIGHUP)
+    assert wait_until(lambda: "added" in collector.json("edge/reloaded/state")[-1]["groups"], 15)
+    result = push_cli(session_broker, v2, "--group", "added", "--json", "--key", str(tmp_path / "dev.key"),
+                      "--discover-s", "2")
+    assert result.returncode == 0, result.stdout + result.stderr + agent.stderr()[-2000:]
+    assert [(r["device"], r["result"]) for r in json.loads(result.stdout)] == [("reloaded", "activated")]
