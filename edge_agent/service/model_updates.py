@@ -1,6 +1,7 @@
 """The board's side of `edge-agent push`, `models rollback`, `models list` and fleet discovery: the MQTT conversation.
 
-Requests arrive on `{prefix}/{device}/models/...` (edge_agent.delivery.update_protocol) through the
+Requests arrive on `{prefix}/{device}/models/...` and, for a group push, on the topics of the
+board's groups `{prefix}/fleet/group/G/push/...` (edge_agent.delivery.update_protocol) through the
 agent's one MQTT client; paho's thread only puts them on a bounded queue. One worker thread takes
 them in order, lets each through the RequestGate (service.request_gate: bounded parsing, signature,
 clock window, replays, begin rate), answers fleet discovery (`{prefix}/fleet/discover`,
