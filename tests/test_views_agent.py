@@ -492,12 +492,21 @@ def test_huge_and_malformed_requests_are_answered_briefly_and_closed(agent):
 
 def test_more_connections_than_max_clients_are_refused_and_slow_ones_dropped(agent):
     server = agent["server"]
-    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(MAX_CLIENTS)]
-    try:
+    refused = b""
+    for _ in range(3):  # on a machine this busy the held connections may time out (2 s) before the extra one
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(MAX_CLIENTS)]
         idle[0].sendall(b"GET /healthz HTTP/1.0\r\n")  # a slowloris: half a request, then nothing
         time.sleep(0.3)
         answer = server.raw(f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
-        assert status_of(answer) == 503 and b"too many connections" in answer
+        if status_of(answer) == 503:
+            refused = answer
+            break
+        # served: only right if the server had already let one of the held connections go
+        assert not all(held_open(sock) for sock in idle), "served beyond max_clients while all were held open"
+        for sock in idle:
+            sock.close()
+    try:
+        assert status_of(refused) == 503 and b"too many connections" in refused
         started = time.monotonic()
         for sock in idle:
             read_until_closed(sock)  # the server hangs up on clients that send nothing
@@ -506,6 +515,19 @@ def test_more_connections_than_max_clients_are_refused_and_slow_ones_dropped(age
         for sock in idle:
             sock.close()
     assert wait_until(lambda: server.ok("/healthz"), 5)
+
+
+def held_open(sock: socket.socket) -> bool:
+    """True while the server has not closed this connection (nothing to read, no end of stream)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(10)
 
 
 def test_stalled_live_viewers_do_not_slow_the_pipeline(agent):
