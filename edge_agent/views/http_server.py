@@ -116,6 +116,10 @@ class _Server(ThreadingHTTPServer):
         self._connections: dict[threading.Thread, socket.socket] = {}
         self._connections_lock = threading.Lock()
         self.refused = 0
+        # socketserver's default backlog is 5: with max_clients above it, connections arriving while the
+        # accepting thread is busy overflow it and the kernel lets later ones in first (a dropped handshake
+        # is retried a second later), so a client past max_clients could be served ahead of earlier ones
+        self.request_queue_size = max(64, 2 * config.max_clients)
         family, sockaddr = _bind_address(owner.host, owner.port, config.listen)
         self.address_family = family
         try:
