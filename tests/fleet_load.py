@@ -264,7 +264,7 @@ def raise_open_files_limit() -> int:
 
 
 def run_step(boards: int, folder: Path, per_process: int, discover_s: float, chunk_kb: int, bundle: Path,
-             keys: Path, timeout_s: float) -> dict:
+             keys: Path, timeout_s: float, answer_timeout_s: float = 10.0) -> dict:
     from support import DEMO_MODEL, DEMO_VIDEO, Broker, free_port
 
     folder.mkdir(parents=True)
@@ -302,7 +302,8 @@ def run_step(boards: int, folder: Path, per_process: int, discover_s: float, chu
         push_started, push_started_wall = time.monotonic(), time.time()
         push = subprocess.Popen([sys.executable, "-m", "edge_agent", "push", str(bundle), "--group", GROUP,
                                  "--key", str(keys / "dev.key"), "--json", "--discover-s", f"{discover_s:g}",
-                                 "--chunk-kb", str(chunk_kb), "--timeout", f"{timeout_s:g}", "--broker", broker.address],
+                                 "--chunk-kb", str(chunk_kb), "--timeout", f"{timeout_s:g}",
+                                 "--answer-timeout", f"{answer_timeout_s:g}", "--broker", broker.address],
                                 stdout=subprocess.PIPE, stderr=open(folder / "push.stderr", "wb"), text=True,
                                 cwd=HERE.parent)
         out = push.stdout.read()
@@ -404,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="push --discover-s (default 10: at 1,000 boards on 2 cores, 3 s heard only some of them)")
     parser.add_argument("--chunk-kb", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=300.0, help="push --timeout")
+    parser.add_argument("--answer-timeout", type=float, default=10.0,
+                        help="push --answer-timeout (default 10, push's own; 1,000 endpoints on 2 cores answer late)")
     parser.add_argument("--json-out", type=Path, help="write every step's numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stores)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for boards in steps:
             result = run_step(boards, root / f"step-{boards}", args.per_process, args.discover_s, args.chunk_kb,
-                              bundle, keys, args.timeout)
+                              bundle, keys, args.timeout, args.answer_timeout)
             results.append(result)
             print_line(result)
     finally:

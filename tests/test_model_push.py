@@ -282,6 +282,20 @@ def test_a_device_that_does_not_answer_is_reported_as_such(session_broker, signe
     assert table.splitlines()[-1] == f"ghost: {result.reason}", "the whole reason follows the table"
 
 
+def test_push_answer_timeout_is_an_option(session_broker, signed):
+    """--answer-timeout: how long a board has to answer begin (a fleet on a busy broker needs more than 10 s)."""
+    started = time.monotonic()
+    done = push_cli(session_broker, signed["v2"], "--device", "ghost", "--answer-timeout", "0.5", "--json",
+                    "--key", str(signed["dev_key"]))
+    assert done.returncode == 1, done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["result"] == "no answer" and "within 0.5 s" in result["reason"]
+    assert time.monotonic() - started < 60
+    for bad in ("0", "-1", "nan"):
+        refused = push_cli(session_broker, signed["v2"], "--device", "ghost", "--answer-timeout", bad)
+        assert refused.returncode == 2 and "--answer-timeout: expected seconds above 0" in refused.stderr, refused.stderr
+
+
 def test_a_push_carries_on_when_the_broker_restarts_mid_transfer_and_mid_install(tmp_path, broker, agent_process,
                                                                                   signed):
     """The issue's defects: `edge-agent push` died with "The client is not currently connected" when the broker

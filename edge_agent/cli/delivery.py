@@ -87,6 +87,9 @@ def add_push(commands: argparse._SubParsersAction) -> None:
                         help="chunk size in KiB (default 64; lower it for brokers with a small message limit)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
                         help="how long a board may take to answer in full (default 300)")
+    parser.add_argument("--answer-timeout", type=float, default=10.0, metavar="S",
+                        help="how long each board has to answer the push's first request before it is reported "
+                             "`no answer` (default 10; raise it for hundreds of boards on a busy broker)")
     parser.add_argument("--watch", type=float, default=0.0, metavar="S",
                         help="keep listening S seconds after activation, to catch an automatic rollback (default 0)")
     parser.add_argument("--allow-downgrade", action="store_true",
@@ -107,6 +110,8 @@ def _push_command(args: argparse.Namespace) -> int:
     from edge_agent.delivery.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
     chunk_size = args.chunk_kb * 1024
+    if not args.answer_timeout > 0:
+        return fail(f"--answer-timeout: expected seconds above 0, got {args.answer_timeout:g}")
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         return fail(f"--chunk-kb: expected 1 to {MAX_CHUNK_SIZE // 1024}, got {args.chunk_kb}")
     broker = _broker(args)
@@ -131,7 +136,7 @@ def _push_command(args: argparse.Namespace) -> int:
               f"{-(-len(content) // chunk_size)} chunk(s) of {args.chunk_kb} KiB{encrypted}) to {len(devices)} device(s) "
               f"({how}) via {broker.label}, {signed}", file=sys.stderr)
         options = PushOptions(broker, args.prefix, args.pipeline, chunk_size, timeout_s=args.timeout, watch_s=args.watch,
-                              key=key, allow_downgrade=args.allow_downgrade,
+                              answer_timeout_s=args.answer_timeout, key=key, allow_downgrade=args.allow_downgrade,
                               group=args.group if args.group and not args.unicast else "")
         results = Pusher(content, devices, options, ProgressBoard(devices), args.bundle.name).run() if devices else []
     except ConnectionError as err:
