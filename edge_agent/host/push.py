@@ -280,7 +280,8 @@ class Pusher:
             return
         if target.state == "begin" and now - target.state_mono > options.answer_timeout_s:
             target.finish(NO_ANSWER, f"no answer to begin within {options.answer_timeout_s:g} s "
-                                     "(is the agent running, connected, with an MQTT sink?)")
+                                     "(is the agent running, connected, with an MQTT sink? a busy broker with many "
+                                     "boards may need a longer --answer-timeout)")
             return
         if now - target.started_mono > options.timeout_s:
             target.finish(NO_ANSWER, f"no final answer within {options.timeout_s:g} s (last state: {target.state})",
