@@ -208,3 +208,32 @@ def test_detection_without_pycocotools_says_what_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "pip install 'edge-agent[eval]'" in result.stderr
+
+
+def test_gates_exit_1_below_the_minimum_and_0_at_it_after_the_full_report(tmp_path, committed_report):
+    measured = committed_report["map50"]
+    passed = evaluate(DETECTOR, EVAL_SET, "--threads", "1", "--json", "--min-map", f"{measured - 1e-4:.6f}",
+                      "--min-map50-95", "0")
+    assert passed.returncode == 0, passed.stderr
+    failed = evaluate(DETECTOR, EVAL_SET, "--threads", "1", "--json", "--min-map", f"{measured + 1e-4:.6f}")
+    assert failed.returncode == 1, failed.stderr
+    assert json.loads(failed.stdout)["map50"] == pytest.approx(measured, abs=1e-6), "the report is printed either way"
+    assert f"mAP@0.5 {measured:.4f} is below --min-map" in failed.stderr
+
+    x, y = heldout_digits()
+    np.savez(tmp_path / "heldout.npz", x=x, y=y)
+    accuracy = json.loads((DEMO / "digits.json").read_text())["heldout_accuracy_int8"]
+    below = evaluate(DEMO_MODEL, tmp_path / "heldout.npz", "--min-accuracy", f"{min(1.0, accuracy + 0.01):.4f}")
+    assert below.returncode == 1 and "top-1 accuracy" in below.stderr and "is below --min-accuracy" in below.stderr
+    assert evaluate(DEMO_MODEL, tmp_path / "heldout.npz", "--min-accuracy", "0.5").returncode == 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--min-map", "95"), "--min-map must be from 0 to 1 (a fraction, not a percentage), got 95"),
+    (("--min-map", "nan"), "--min-map must be from 0 to 1"),
+    (("--min-accuracy", "0.9"), "--min-accuracy is for classification models"),
+])
+def test_a_gate_that_cannot_apply_is_refused_before_measuring(args, expected):
+    result = evaluate(DETECTOR, EVAL_SET, *args)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert result.stdout == "", "nothing measured"

@@ -1,7 +1,8 @@
 """`edge-agent evaluate MODEL DATA`: accuracy and latency of a model on labelled data, on a board or a workstation.
 
-Exit status: 0 measured (files with problems are named on stderr and left out), 2 bad input
-(model, data, options; an empty dataset; pycocotools missing for detection).
+Exit status: 0 measured (files with problems are named on stderr and left out), 1 measured but
+below a gate (--min-accuracy, --min-map, --min-map50-95), 2 bad input (model, data, options; an
+empty dataset; pycocotools missing for detection).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.cli.workstation import add_preprocess_options
 from edge_agent.config import RUNTIME_CHOICES, PipelineConfig, PreprocessOptions, SourceSpec
-from edge_agent.errors import EXIT_OK, InputError
+from edge_agent.errors import EXIT_FAILED, EXIT_OK, InputError
 
 TASKS = ("auto", "classification", "detection")
 # COCO evaluation keeps nearly every detection (Ultralytics' `val` uses 0.001 as well): a high
@@ -21,6 +23,18 @@ TASKS = ("auto", "classification", "detection")
 DETECTION_THRESHOLD = 0.001
 DETECTION_MAX = 100  # COCO's maxDets
 PURPOSE = "evaluate"
+
+@dataclass(frozen=True)
+class Gate:
+    option: str
+    key: str  # in the report
+    task: str
+    name: str  # as the report prints it
+
+
+GATES = (Gate("--min-accuracy", "top1_accuracy", "classification", "top-1 accuracy"),
+         Gate("--min-map", "map50", "detection", "mAP@0.5"),
+         Gate("--min-map50-95", "map50_95", "detection", "mAP@0.5:0.95"))
 
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +64,10 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
                                                  "0.45 for YOLO)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=0, help="interpreter threads (default: all cores)")
+    gates = parser.add_argument_group("gates (exit 1 when the model measures below one, after the report)")
+    for gate in GATES:
+        gates.add_argument(gate.option, type=float, metavar="X",
+                           help=f"{gate.task}: the lowest acceptable {gate.name}, from 0 to 1")
     add_preprocess_options(parser, defaults=False)  # unset: the model's own (a bundle's manifest), else the defaults
     parser.set_defaults(handler=evaluate_command, log_level="warning")  # the report, not the loading, is the output
 
@@ -64,6 +82,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     if args.max_detections < 1 or args.threads < 0 or not (args.iou is None or 0.0 <= args.iou <= 1.0):
         raise InputError("evaluate: --max-detections must be at least 1, --threads at least 0, --iou from 0 to 1")
+    gates = _gates(args)
     if not args.data.exists():
         raise InputError(f"evaluate: {args.data} does not exist: give the labelled data to evaluate on")
     progress = _progress_printer() if sys.stderr.isatty() and not args.json else None
@@ -71,6 +90,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if active.task not in ("classification", "detection"):
         raise InputError(f"evaluate: {args.model} looks like a {active.task!r} model: pass --task classification or "
                          "--task detection if it is one (`edge-agent inspect` shows its outputs)")
+    for gate in gates:
+        if gate.task != active.task:
+            raise InputError(f"evaluate: {gate.option} is for {gate.task} models and {args.model} is a {active.task} "
+                             "model: use " + " or ".join(g.option for g in GATES if g.task == active.task))
     if args.task == "auto" and args.threshold is None:  # the task's evaluation threshold is known only now
         active = build_active_model(_pipeline_config(args, active.task))
     try:
@@ -91,7 +114,25 @@ def evaluate_command(args: argparse.Namespace) -> int:
     for problem in report.get("problems", []):
         print(f"edge-agent evaluate: left out {problem}", file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return EXIT_OK
+    below = [f"{gate.name} {_metric(report[gate.key])} is below {gate.option} {minimum:g}"
+             for gate, minimum in gates.items() if report[gate.key] is None or report[gate.key] < minimum]
+    for failure in below:
+        print(f"edge-agent evaluate: {failure}", file=sys.stderr)
+    return EXIT_FAILED if below else EXIT_OK
+
+
+def _gates(args: argparse.Namespace) -> dict[Gate, float]:
+    """Each gate asked for -> its minimum, checked to be a fraction."""
+    gates = {}
+    for gate in GATES:
+        minimum = getattr(args, gate.option[2:].replace("-", "_"))
+        if minimum is None:
+            continue
+        if not 0.0 <= minimum <= 1.0:  # NaN too
+            raise InputError(f"evaluate: {gate.option} must be from 0 to 1 (a fraction, not a percentage), "
+                             f"got {minimum:g}")
+        gates[gate] = minimum
+    return gates
 
 
 def _pipeline_config(args: argparse.Namespace, task: str) -> PipelineConfig:
