@@ -1,5 +1,6 @@
 """The README's configuration reference is rendered from the schema: a key, default or range
-changed in edge_agent/config/schema.py and not in the README fails here."""
+changed in the schema (edge_agent/config/schema.py and the table modules it names) and not in
+the README fails here."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import socket
 
 from support import free_port
 
-from edge_agent.config.schema import HttpConfig
+from edge_agent.config.connections import HttpConfig
 from edge_agent.views.access import Access
 from edge_agent.views.http_server import ViewServer
 

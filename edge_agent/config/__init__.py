@@ -1,12 +1,13 @@
 """The agent's configuration: one TOML file, parsed and validated once, into frozen dataclasses.
 
-Every key is declared once, in schema.py, as a dataclass field whose type hint is the key's
-type and whose default is `setting(default, "one-line description", minimum=..., cap=...,
-choices=...)`. parser.py reads any such dataclass (one generic walk: unknown keys rejected,
-every problem named by its key path, NaN and infinities refused); reference.py renders the
-README's configuration reference from the same declarations, and a test keeps the two equal.
+Every key is declared once, in the frozen dataclass of its table, as a field whose type hint is
+the key's type and whose default is `setting(default, "one-line description", minimum=...,
+cap=..., choices=...)`; schema.py holds the top level (AgentConfig) and names the module of every
+other table. parser.py reads any such dataclass (one generic walk: unknown keys rejected, every
+problem named by its key path, NaN and infinities refused); reference.py renders the README's
+configuration reference from the same declarations, and a test keeps the two equal.
 
-Adding a key is one line in schema.py, e.g. in PipelineConfig:
+Adding a key is one line in the dataclass of its table, e.g. in PipelineConfig (pipeline.py):
 
     min_area: float = setting(0.0, "detections smaller than this share of the frame are dropped",
                               minimum=0.0, maximum=1.0)
@@ -27,54 +28,55 @@ a four-pipeline file in 0.3 ms. The agent's goal is a peak RSS <= 100 MB with Mo
 before this change), so pydantic alone would have cost more than the whole margin.
 """
 
-from edge_agent.config.parser import ConfigError, load_config, parse_config, read_toml
-from edge_agent.config.schema import (
+from edge_agent.config.anchor_ssd import (
     ANCHOR_PRESETS,
-    BOX_UNITS,
     NMS_ALGORITHMS,
     AnchorsConfig,
     BoxDecoderConfig,
     anchor_ssd_problems,
     resolve_anchor_preset,
     resolve_anchor_ssd,
+)
+from edge_agent.config.connections import (
+    SERIAL_FORMATS,
+    SPOOL_POLICIES,
+    HttpConfig,
+    ModelsConfig,
+    MqttConfig,
+    SerialConfig,
+    SpoolConfig,
+    TlsConfig,
+    format_server,
+    is_loopback,
+    parse_listen,
+)
+from edge_agent.config.parser import ConfigError, load_config, parse_config, read_toml
+from edge_agent.config.pipeline import (
+    BOX_UNITS,
     COLOR_ORDERS,
-    DEFAULT_CONFIG_PATH,
-    DEFAULT_STATE_DIR,
     DEFAULT_THRESHOLD,
     DELEGATE_CHOICES,
     DELEGATE_FAILURE_CHOICES,
-    LOG_LEVELS,
     PICAMERA_PATTERN,
     PREPROCESS_KEYS,
     RESIZE_MODES,
     RUNTIME_CHOICES,
-    SERIAL_FORMATS,
     SINK_CHOICES,
     SOURCE_KINDS,
-    SPOOL_POLICIES,
     STREAM_SCHEMES,
     TASK_CHOICES,
     TASKS,
-    AgentConfig,
     DelegateSpec,
-    HttpConfig,
-    ModelsConfig,
-    MqttConfig,
     PipelineConfig,
     PreprocessOptions,
-    SerialConfig,
     SnapshotConfig,
     SourceSpec,
-    SpoolConfig,
-    TlsConfig,
-    format_server,
     looks_like_path,
-    topic_safe,
-    is_loopback,
-    parse_listen,
     uri_kind,
 )
+from edge_agent.config.schema import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, LOG_LEVELS, AgentConfig
 from edge_agent.config.setting import REQUIRED, Setting, setting
+from edge_agent.config.topics import topic_safe
 
 __all__ = [
     "ANCHOR_PRESETS", "BOX_UNITS", "NMS_ALGORITHMS", "AnchorsConfig", "BoxDecoderConfig", "anchor_ssd_problems",

@@ -1,5 +1,7 @@
 """The configuration reference (key, type, default, allowed values, description), rendered from the
-schema's declarations, so that the README states what schema.py says and nothing else.
+schema's declarations, so that the README states what they say and nothing else. The walk starts
+at schema.py's AgentConfig and follows its fields into the other tables' modules, so the order
+is the fields' order (the order a file is written), whichever module declares a table.
 
 Its command line (`edge-agent config-reference` is the same command, hidden from the help):
 

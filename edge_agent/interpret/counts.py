@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from edge_agent.config.schema import label_segment
+from edge_agent.config.topics import label_segment
 from edge_agent.interpret.zones import Zone
 
 

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from edge_agent.config.schema import label_segment, slug
+from edge_agent.config.topics import label_segment, slug
 
 ORIGIN_NAME = "edge-agent"
 EVENT_TYPES = {"detection": ["new", "update", "end"], "pose": ["new", "update", "end"], "classification": ["change"]}

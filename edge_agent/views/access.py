@@ -1,7 +1,7 @@
 """Who may use the HTTP server: a token, TLS client certificates, or only this machine.
 
 The configuration refuses a listen address beyond loopback without a token or client
-certificates (config.schema.HttpConfig); this module reads the token file and builds the TLS
+certificates (config.connections.HttpConfig); this module reads the token file and builds the TLS
 context at start, with errors that say what to fix. Tokens are compared in constant time
 (hmac.compare_digest), from `Authorization: Bearer TOKEN` or `?token=TOKEN` (what a browser's
 address bar and an <img> can carry).

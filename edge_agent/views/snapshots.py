@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from edge_agent.config.schema import label_segment
+from edge_agent.config.topics import label_segment
 from edge_agent.views.drawing import crop_box_for, encode_jpeg, render
 from edge_agent.views.tap import PipelineTap, ViewFrame
 
