@@ -27,7 +27,8 @@ from edge_agent.config.schema import AgentConfig
 from edge_agent.config.setting import Setting, setting_of
 from edge_agent.errors import InputError
 
-BEGIN = ("<!-- generated from edge_agent/config/schema.py by `edge-agent config-reference --update README.md`: "
+BEGIN = ("<!-- generated from edge_agent/config/ (schema.py and its table modules) by "
+         "`edge-agent config-reference --update README.md`: "
          "change the schema, not these tables -->")
 END = "<!-- end of the generated configuration reference -->"
 
@@ -189,7 +190,7 @@ def run(update: Path | None = None, check: Path | None = None) -> int:
             print(f"{update}: {'updated' if update_readme(update) else 'already up to date'}")
         elif check is not None:
             if readme_reference(_read_block_file(check)) != render_reference():
-                print(f"{check}: the configuration reference differs from edge_agent/config/schema.py: run "
+                print(f"{check}: the configuration reference differs from edge_agent/config/ (schema.py and its table modules): run "
                       f"`python -m edge_agent.config.reference --update {check}`", file=sys.stderr)
                 return 1
             print(f"{check}: the configuration reference matches the schema")
@@ -203,7 +204,7 @@ def run(update: Path | None = None, check: Path | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.config.reference",
-                                     description="The configuration reference, rendered from edge_agent/config/schema.py.")
+                                     description="The configuration reference, rendered from edge_agent/config/ (schema.py and its table modules).")
     add_arguments(parser)
     parser.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the older spelling of --update FILE")
     args = parser.parse_args(argv)
