@@ -14,7 +14,8 @@ from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.signed_request import sign_request
 from edge_agent.delivery.update_protocol import PushBegin, describe_bundle, push_topic
 from edge_agent.host.fleet import BrokerAddress
-from edge_agent.host.push import Pusher, PushOptions, PushResult
+from edge_agent.host.push import Pusher, PushOptions
+from edge_agent.host.push_results import PushResult
 
 FRAME_INTERVAL_S = 0.05  # max_fps = 20 in the agents below
 

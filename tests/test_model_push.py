@@ -271,7 +271,7 @@ def test_the_one_line_trial_verifies_pushes_with_trusted_key(tmp_path, session_b
 
 
 def test_a_device_that_does_not_answer_is_reported_as_such(session_broker, signed):
-    from edge_agent.host.push import format_results
+    from edge_agent.host.push_results import format_results
 
     (result,) = push(session_broker, signed["v2"], ["ghost"], key=signed["dev"], answer_timeout_s=0.5)
     assert result.result == "no answer" and "no answer to begin within 0.5 s" in result.reason

@@ -105,7 +105,8 @@ def add_push(commands: argparse._SubParsersAction) -> None:
 
 def _push_command(args: argparse.Namespace) -> int:
     from edge_agent.host.progress import ProgressBoard
-    from edge_agent.host.push import Pusher, PushOptions, PushResult, format_results
+    from edge_agent.host.push import Pusher, PushOptions
+    from edge_agent.host.push_results import PushResult, format_results
     from edge_agent.delivery.bundle import read_bundle
     from edge_agent.delivery.update_protocol import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
@@ -176,7 +177,7 @@ def add_models(commands: argparse._SubParsersAction) -> None:
 
 
 def _rollback_command(args: argparse.Namespace) -> int:
-    from edge_agent.host.push import ROLLED_BACK, format_results
+    from edge_agent.host.push_results import ROLLED_BACK, format_results
     from edge_agent.host.rollback import request_rollback
 
     try:
@@ -224,7 +225,7 @@ def _listing_table(pipelines: dict[str, list[dict]], device: str = "") -> str:
 
 
 def _list_remote(args: argparse.Namespace) -> int:
-    from edge_agent.host.push import format_results
+    from edge_agent.host.push_results import format_results
     from edge_agent.host.rollback import request_listing
 
     broker, key = _broker(args), _signing_key(args)

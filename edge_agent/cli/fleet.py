@@ -69,7 +69,7 @@ class GroupTargets:
 def group_targets(args: argparse.Namespace, broker, key) -> GroupTargets:
     """The members of args.group; EmptyGroup when there are none."""
     from edge_agent.host.fleet import discover_fleet
-    from edge_agent.host.push import NO_ANSWER, PushResult
+    from edge_agent.host.push_results import NO_ANSWER, PushResult
 
     fleet = discover_fleet(broker, args.prefix, args.group, args.discover_s, key)
     everyone = fleet.in_group(args.group)

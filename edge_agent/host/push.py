@@ -19,6 +19,8 @@ With a signing key every request (begin, end, abort) is signed for its board
 A broker that restarts mid-push costs a pause, not the push: messages handed over while it is
 away are sent when it is back, the board asks again for chunks it lost (`missing`), and a
 pusher that may have missed an answer meanwhile asks again with `end` until it hears one.
+
+Each device's outcome and the table printed from them: host.push_results.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from edge_agent.delivery.update_protocol import (
 )
 from edge_agent.host.broker import BrokerAddress, broker_listener
 from edge_agent.host.progress import ProgressBoard
+from edge_agent.host.push_results import ACTIVATED, NO_ANSWER, REJECTED, ROLLED_BACK, PushResult
 from edge_agent.mqtt.client import Delivery
 from edge_agent.mqtt.listener import MqttListener
 
@@ -55,12 +58,9 @@ TICK_S = 0.01
 END_RESEND_S = 5.0  # an `end` without an answer is sent again after this long
 MAX_INFLIGHT_TOTAL = 1000
 SUBSCRIBE_TIMEOUT_S = 10.0
-REASON_WIDTH = 72  # longer results are cut in the table and printed in full below it
 MAX_FRUITLESS_DISCONNECTS = 3  # the broker closed the connection this often with no chunk getting through
 ABORT_DELIVERY_S = 3.0
 REFUSAL_GRACE_S = 2.0  # a refusal without our id (we could not be authenticated) wins if nothing else comes
-
-ACTIVATED, REJECTED, ROLLED_BACK, NO_ANSWER = "activated", "rejected", "rolled back", "no answer"
 
 
 @dataclass(frozen=True)
@@ -77,26 +77,6 @@ class PushOptions:
     key: PrivateKey | None = None  # signs every request; None: unsigned (only boards without trusted keys take it)
     allow_downgrade: bool = False  # the signed begin says an older version may replace the active one
     group: str = ""  # the devices are this group's members: send the bundle once on the group's topics
-
-
-@dataclass
-class PushResult:
-    """One device's outcome: result is activated, rejected, rolled back or no answer."""
-
-    device: str
-    result: str
-    reason: str = ""
-    previous: dict | None = None
-    new: dict | None = None
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.result == ACTIVATED
-
-    def to_dict(self) -> dict:
-        return {"device": self.device, "result": self.result, "reason": self.reason, "previous": self.previous,
-                "new": self.new, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -396,28 +376,3 @@ class Pusher:
                       "installing": "verifying", "watching": "activated, watching"}.get(target.state, target.state)
         self.progress.update(target.device, len(target.acked), target.total, status)
 
-
-def format_results(results: list[PushResult], success: str = ACTIVATED) -> str:
-    """The final table: device, result (with the reason), previous and new model, seconds; reasons too
-    long for the table follow it in full."""
-    rows = [("device", "result", "previous", "new", "seconds")]
-    notes = []
-    for r in results:
-        result = r.result
-        if r.reason:
-            result = f"{r.result} ({r.reason})" if r.result == success else f"{r.result}: {r.reason}"
-        if len(result) > REASON_WIDTH:
-            result = result[:REASON_WIDTH - 1] + "…"
-            notes.append(f"{r.device}: {r.reason}")
-        rows.append((r.device, result, describe_model(r.previous), describe_model(r.new), f"{r.seconds:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.rjust(widths[i]) if i == 4 else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-             for row in rows]
-    lines.append(f"{sum(r.result == success for r in results)} of {len(results)} device(s) {success}")
-    return "\n".join(lines + notes)
-
-
-def describe_model(model: dict | None) -> str:
-    if not model:
-        return "-"
-    return " ".join(part for part in (model.get("name", ""), model.get("version", "")) if part) or "-"

@@ -10,7 +10,8 @@ from edge_agent.delivery.keys import PrivateKey
 from edge_agent.delivery.signed_request import sign_request
 from edge_agent.delivery.update_protocol import models_base, new_id
 from edge_agent.host.broker import BrokerAddress, broker_listener
-from edge_agent.host.push import NO_ANSWER, REFUSAL_GRACE_S, REJECTED, ROLLED_BACK, SUBSCRIBE_TIMEOUT_S, PushResult
+from edge_agent.host.push import REFUSAL_GRACE_S, SUBSCRIBE_TIMEOUT_S
+from edge_agent.host.push_results import NO_ANSWER, REJECTED, ROLLED_BACK, PushResult
 
 TICK_S = 0.02
 LISTED = "listed"
