@@ -26,7 +26,7 @@ HEALTH_STALE_S = 15.0  # without systemd's WatchdogSec=, a loop silent this long
 
 
 class AgentViews:
-    """Everything that looks at the agent's pipelines; the HTTP server's `Site`."""
+    """Everything that looks at the agent's pipelines; the HTTP server's `Site` (views.http_handler)."""
 
     def __init__(self, agent: Agent):
         self._agent = agent

@@ -12,7 +12,9 @@
   latency.py    per-frame latency histograms cheap enough for every frame (no lock)
   metrics.py    /metrics through prometheus_client (imported at the first scrape), read at scrape time
   access.py     who may use the HTTP server: token (constant-time compare), TLS with client certificates
-  http_server.py the local HTTP server (the standard library's ThreadingHTTPServer, bounded)
+  http_server.py the local HTTP server (the standard library's ThreadingHTTPServer): bounded
+                connections, TLS, stop
+  http_handler.py one request per connection: bounded head, GET/HEAD, the routes, live MJPEG
   status_page.py the status page's HTML (no external assets)
   benchmark.py  `python -m edge_agent.views.benchmark`: what the server costs, idle and with a viewer
 
