@@ -13,7 +13,7 @@ the pusher should read, and nothing changes until the last step succeeded:
   fit       the task must be the one the pipeline already publishes
   build     the new ActiveModel beside the running one (load, allocate, warm up)
   record    into the model store (active.json replaced atomically), then swapped between two frames
-  probation registered here, judged by service.model_updates (service.probation)
+  probation registered here, judged by service.model_changes (service.probation)
 
 One change at a time: installs and rollbacks (requested or automatic) take the same lock.
 """
