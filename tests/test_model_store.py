@@ -259,15 +259,15 @@ def test_the_agent_uses_the_stored_model_and_falls_back_when_it_cannot(tmp_path,
     store = pipeline_store(tmp_path, "cam")
     content = DEMO_FLOAT_MODEL.read_bytes()
     store.begin_history(str(DEMO_MODEL), entry(store, content, "2"))
-    assert agent._build_model(config.pipelines[0]).ref.sha256 == hashlib.sha256(content).hexdigest()
+    assert agent.factory.build_model(config, config.pipelines[0]).ref.sha256 == hashlib.sha256(content).hexdigest()
 
     store.path(store.active()).write_bytes(content[:5000])  # damaged on disk
     caplog.set_level(logging.ERROR)
-    assert agent._build_model(config.pipelines[0]).ref.sha256 == hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
+    assert agent.factory.build_model(config, config.pipelines[0]).ref.sha256 == hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
     assert "cannot be used" in caplog.text and "using the config's model" in caplog.text
 
     store.active_path.write_text("{damaged")
-    assert agent._build_model(config.pipelines[0]).ref.name == "digits_int8"
+    assert agent.factory.build_model(config, config.pipelines[0]).ref.name == "digits_int8"
     assert "move it aside" in caplog.text
 
 
@@ -276,7 +276,7 @@ def test_a_stored_model_is_ignored_once_the_config_names_another(tmp_path):
                                                                              "source": str(DEMO_VIDEO)}}})
     store = pipeline_store(tmp_path, "cam")
     store.begin_history(str(DEMO_MODEL), entry(store, DEMO_MODEL.read_bytes(), "1"))
-    assert Agent(config)._build_model(config.pipelines[0]).ref.name == "digits_float32"
+    assert Agent(config).factory.build_model(config, config.pipelines[0]).ref.name == "digits_float32"
     assert Path(store.path(store.active())).exists(), "the store is left as it was"
 
 

@@ -2,34 +2,35 @@
 
 Start-up reads like a table of contents: sinks, pipelines, connect, run, stop. A pipeline
 whose model or source cannot be used fails alone with a clear error in the log and in the
-state topic; the agent keeps the others running.
+state topic; the agent keeps the others running. What a pipeline is built from (the sinks,
+the model the store or the config names) is service.pipeline_factory's; the agent owns the set
+of pipelines and changes it: at start, on a reload (SIGHUP), when a pushed model is installed.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from edge_agent import __version__
-from edge_agent.config import DEFAULT_THRESHOLD, AgentConfig, ConfigError, PipelineConfig, load_config
-from edge_agent.delivery.store import StoredModel, StoreError, pipeline_store
+from edge_agent.config import AgentConfig, ConfigError, PipelineConfig, load_config
 from edge_agent.errors import InputError
-from edge_agent.service.active_model import ActiveModel, build_active_model
-from edge_agent.interpret import Interpreter, interpreter_for
-from edge_agent.interpret.stage import TRACKED_TASKS, restore_state
+from edge_agent.service.active_model import ActiveModel
 from edge_agent.service.model_guard import ModelGuard
 from edge_agent.service.pipeline import Pipeline
+from edge_agent.service.pipeline_factory import PipelineFactory
 from edge_agent.service.process_setup import setup_process
 from edge_agent.service.registry import PipelineRegistry
 from edge_agent.service.reload import apply_log_level, effective_config, plan_reload
 from edge_agent.service.systemd import Notifier, Watchdog
 from edge_agent.service.views import AgentViews
-from edge_agent.sinks import Sink
+
+if TYPE_CHECKING:
+    from edge_agent.mqtt.publisher import MqttPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,11 @@ class Agent:
         self._reloader: threading.Thread | None = None
         self._reload_outcome = ""  # what the finished reload tells systemd
         self._stopping = threading.Event()  # shutdown has begun (stop_event says whether it was asked for)
-        self.mqtt = None
         self.updates = None  # ModelUpdates, when the agent has an MQTT connection
         self.discovery = None  # DiscoveryAnnouncer, when [homeassistant] is enabled
         self.views = AgentViews(self)  # snapshots, the HTTP server, metrics (service.views)
-        self._sinks: dict[str, Sink] = {}
         self.model_guard = ModelGuard(self.stop_event)  # every model is loaded in a child first
+        self.factory = PipelineFactory(self.model_guard, self.views)  # the sinks, and every pipeline
         self.notifier = Notifier.from_environment()
         self.watchdog = Watchdog(self.notifier)
         self._ready_sent = False
@@ -69,6 +69,11 @@ class Agent:
     def request_stop(self) -> None:
         self.stop_event.set()
         self._wake.set()
+
+    @property
+    def mqtt(self) -> MqttPublisher | None:
+        """The MqttPublisher (predictions, state, model updates), when a pipeline publishes to MQTT."""
+        return self.factory.mqtt
 
     @property
     def pipelines(self) -> Mapping[str, Pipeline]:
@@ -90,9 +95,10 @@ class Agent:
         setup_process()  # GIL switch interval, OpenCV threads and logging: once, never at import
         try:
             # the children that check the models run while the sinks are made and the runtime is imported
-            self.model_guard.prefetch(self.config, [(p, self._model_path(p)) for p in self.config.pipelines])
+            self.model_guard.prefetch(self.config, [(p, self.factory.model_path(self.config, p))
+                                                    for p in self.config.pipelines])
             try:
-                self._make_sinks()
+                self.factory.make_sinks(self.config)
                 if self.mqtt is not None:
                     self.views.attach_mqtt(self.mqtt)  # subscribes before connecting
                 self.views.start_server()  # before any pipeline: a port that cannot be used fails the start
@@ -115,34 +121,6 @@ class Agent:
         if self.stop_event.is_set():
             return 0  # a requested stop (SIGTERM, Ctrl-C) is not a failure; failures were logged and reported
         return 1 if self.failed or any(p.status == "failed" for p in self.pipelines.values()) else 0
-
-    def _make_sinks(self) -> None:
-        used = {sink for pipeline in self.config.pipelines for sink in pipeline.sinks}
-        if "mqtt" in used and self.config.mqtt.enabled:
-            from edge_agent.mqtt.publisher import MqttPublisher
-            from edge_agent.sinks.mqtt import MqttSink
-
-            spool = self.config.spool
-            self.mqtt = MqttPublisher(self.config.mqtt, self.config.device_id, clean_session=not spool.enabled)
-            if spool.enabled:
-                from edge_agent.mqtt.spool_sender import SpoolSender
-
-                path = Path(self.config.state_dir) / "spool" / "spool.db"
-                try:
-                    self.mqtt.attach_spool(SpoolSender(self.mqtt, path, int(spool.max_mb * 1024 * 1024), spool.policy))
-                except (OSError, sqlite3.Error) as err:
-                    # keep publishing (from memory) rather than refuse to run
-                    logger.error("spool %s cannot be used (%s): predictions made while the broker is away "
-                                 "are kept in memory only; fix state_dir or its permissions", path, err)
-            self._sinks["mqtt"] = MqttSink(self.mqtt)
-        if "serial" in used and self.config.serial is not None:
-            from edge_agent.sinks.serial import SerialSink
-
-            self._sinks["serial"] = SerialSink(self.config.serial)
-        if "stdout" in used:
-            from edge_agent.sinks.stdout import StdoutSink
-
-            self._sinks["stdout"] = StdoutSink()
 
     def _start_discovery(self) -> None:
         if not self.config.homeassistant.enabled:
@@ -167,13 +145,6 @@ class Agent:
                 entities.append(pipeline_entities(config, config.task if config.task != "auto" else "unknown", None))
         self.discovery.update(entities)
 
-    def _interpreter(self, config: PipelineConfig, active: ActiveModel, saved: dict[str, str] | None) -> Interpreter:
-        """The interpret stage of a pipeline (edge_agent.interpret), going on from the spool's saved state."""
-        state = restore_state(saved) if saved else None
-        if saved and not state:
-            logger.warning("pipeline %s: the saved event state is unreadable; starting afresh", config.name)
-        return interpreter_for(config, active.task, active.labels, DEFAULT_THRESHOLD.get(active.task, 0.0), state)
-
     def _start_model_updates(self) -> None:
         from edge_agent.service.model_updates import ModelUpdates
 
@@ -183,75 +154,11 @@ class Agent:
     def _make_pipelines(self) -> None:
         for pipeline_config in self.config.pipelines:
             try:
-                self.registry.put(pipeline_config.name, self._make_pipeline(pipeline_config))
+                self.registry.put(pipeline_config.name, self.factory.make_pipeline(self.config, pipeline_config))
             except Exception as err:  # one bad pipeline must not take the others down
                 message = str(err) or type(err).__name__
                 self.registry.mark_failed(pipeline_config.name, message)
                 logger.error("pipeline %s cannot start: %s", pipeline_config.name, message)
-
-    def _make_pipeline(self, config: PipelineConfig, last_seq: int | None = None,
-                       active: ActiveModel | None = None) -> Pipeline:
-        if active is None:
-            active = self._build_model(config)
-        logger.info(
-            "pipeline %s: model %s (%s, sha256 %s…) on %s, delegate %s, %d threads",
-            config.name, active.ref.name, active.task, active.ref.sha256[:12],
-            active.model.runtime, active.model.delegate, active.model.num_threads,
-        )
-        sinks = [self._sinks[name] for name in config.sinks if name in self._sinks]
-        missing = [name for name in config.sinks if name not in self._sinks]
-        if missing:  # sinks are made at start for the pipelines of that config (or mqtt.enabled = false)
-            logger.warning("pipeline %s: sink(s) %s not running (not in use when the agent started, or disabled); "
-                           "restart the agent to add them", config.name, ", ".join(missing))
-        spool = self.mqtt.spool if self.mqtt is not None else None
-        if last_seq is None:
-            last_seq = spool.last_seq(config.name) if spool is not None else 0  # numbering survives restarts
-        messages = self.mqtt if "mqtt" in self._sinks and "mqtt" in config.sinks else None
-        interprets = (config.events.enabled and active.task in ("classification", *TRACKED_TASKS)) or \
-            config.publish.predictions != "every_frame"
-        pipeline = Pipeline(config, self.config.device_id, active, sinks, last_seq=last_seq,
-                            interpreter_factory=self._interpreter if interprets else None, messages=messages,
-                            saved_state=messages.saved_state(config.name) if messages is not None else None,
-                            view=self.views.tap_for(config))
-        logger.info("pipeline %s: stages on %s", config.name, pipeline.runner.description)
-        return pipeline
-
-    def _build_model(self, config: PipelineConfig) -> ActiveModel:
-        """The model store's active model (a pushed one) while the config still names the model the
-        store's history began with; otherwise, or when that model cannot be used, the config's."""
-        stored = self._stored_model(config)
-        if stored is not None:
-            entry, path = stored
-            try:
-                active = self._load_model(config, path)
-                logger.info("pipeline %s: using %s %s from the model store (pushed as %s); the config names %s",
-                            config.name, entry.name, entry.version, entry.origin, config.model)
-                return active
-            except Exception as err:  # a stored model that no longer loads must not keep the pipeline down
-                logger.error("pipeline %s: the model store's active model %s cannot be used (%s); using the config's model",
-                             config.name, path, err)
-        return self._load_model(config, config.model)
-
-    def _load_model(self, config: PipelineConfig, path: str) -> ActiveModel:
-        """Where the agent loads every model: checked in a child first, then built from the very bytes checked."""
-        opened = self.model_guard.checked_model(self.config, config, path)
-        return build_active_model(config, opened=opened)
-
-    def _stored_model(self, config: PipelineConfig, quiet: bool = False) -> tuple[StoredModel, str] | None:
-        """The store's active model and its path, while the config still names the model its history began with."""
-        store = pipeline_store(self.config.state_dir, config.name, self.config.models.keep)
-        try:
-            stored = store.active_for(config.model)
-        except StoreError as err:
-            if not quiet:
-                logger.error("pipeline %s: %s; using the config's model", config.name, err)
-            return None
-        return None if stored is None else (stored, str(store.path(stored)))
-
-    def _model_path(self, config: PipelineConfig) -> str:
-        """The file _build_model tries first."""
-        stored = self._stored_model(config, quiet=True)
-        return config.model if stored is None else stored[1]
 
     def install_model(self, name: str, active: ActiveModel, restart: bool = False) -> None:
         """Serve `active` in pipeline `name`: swapped between two frames, or, when the pipeline has
@@ -269,7 +176,8 @@ class Agent:
             if pipeline is not None:
                 pipeline.abandon()  # before reading last_seq: a late result must not reuse a number
                 pipeline.join(min(self.config.shutdown_timeout_s, RESTART_JOIN_S))  # a hung invoke is left behind
-            new = self._make_pipeline(config, last_seq=pipeline.last_seq if pipeline is not None else None, active=active)
+            new = self.factory.make_pipeline(self.config, config, last_seq=pipeline.last_seq if pipeline is not None else None,
+                                             active=active)
             self.registry.put(name, new)
             new.start()
             logger.info("pipeline %s restarted with model %s %s", name, active.ref.name, active.ref.version)
@@ -376,7 +284,7 @@ class Agent:
             self._replace_pipeline(config)
             return
         try:
-            active = self._build_model(config)
+            active = self.factory.build_model(self.config, config)
         except Exception as err:  # keep serving with the model that works
             logger.error("reload: pipeline %s keeps its model: %s", config.name, err)
             return
@@ -387,7 +295,7 @@ class Agent:
     def _replace_pipeline(self, config: PipelineConfig) -> None:
         old = self.registry.get(config.name)
         try:
-            active = self._build_model(config)  # seconds of loading and warm-up: the old one keeps serving
+            active = self.factory.build_model(self.config, config)  # seconds of loading and warm-up: the old one keeps serving
         except Exception as err:
             logger.error("reload: pipeline %s %s: %s", config.name, "keeps running as it was" if old else "cannot start", err)
             if old is None:
@@ -398,7 +306,8 @@ class Agent:
             if not old.join(self.config.shutdown_timeout_s):
                 old.abandon()  # hung: it must publish nothing more under this name
         # numbering goes on from what the old pipeline really published, once it has stopped
-        new = self._make_pipeline(config, last_seq=old.last_seq if old is not None else None, active=active)
+        new = self.factory.make_pipeline(self.config, config, last_seq=old.last_seq if old is not None else None,
+                                         active=active)
         self.registry.put(config.name, new)
         new.start()
         logger.info("reload: pipeline %s %s", config.name, "restarted" if old else "started")
@@ -441,7 +350,7 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.settle(max(0.0, min(1.0, deadline - time.monotonic())))  # the last state counts every message
         self.publish_state()
-        for sink in self._sinks.values():
+        for sink in self.factory.sinks.values():
             sink.close(max(0.5, deadline - time.monotonic()))
 
     def _stop_pipelines(self, deadline: float) -> None:
