@@ -39,12 +39,15 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax, normalised to the frame
     keypoints: tuple[Keypoint, ...] = ()  # anchor-SSD heads with landmarks (e.g. a face's eyes and nose)
+    coverage: float | None = None  # instance segmentation: the fraction of the frame its mask covers
 
     def to_payload(self) -> dict[str, Any]:
         item: dict[str, Any] = {"id": self.id, "label": self.label, "score": round(self.score, 5),
                                 "box": [round(v, 5) for v in self.box]}
         if self.keypoints:
             item["keypoints"] = [k.to_payload() for k in self.keypoints]
+        if self.coverage is not None:
+            item["coverage"] = round(self.coverage, 5)
         return item
 
 
@@ -79,7 +82,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class SegmentationMask:
-    """The per-pixel class map behind `segments`, kept for sinks (not sent per frame).
+    """The per-pixel class map behind `segments` (or an instance segmentation's detections), kept for
+    sinks (not sent per frame); -1 where no class is.
 
     `class_ids` is [H, W] in the model's input coordinates; `box_transform` (ay, by, ax, bx) maps
     normalised input coordinates to the frame (frame_y = y * ay + by), as for boxes.

@@ -21,10 +21,18 @@ Files (tests/model_files/, one README line each, inside the "Layout models" sect
   yolov8_pose_layout.tflite    [1, 56, 84] with metadata.json (task pose, kpt_shape [17, 3])
   pose_13_keypoints.tflite     [1, 1, 13, 3]: a pose model with an unexpected keypoint count
   segmentation_scores.tflite   [1, 32, 32, 3] class logits; segmentation_ids.tflite [1, 32, 32] int32 ids
+  yolov8_seg_float.tflite      YOLOv8-seg: prototypes [1, 16, 16, 32] (listed first) + head [1, 39, 84], NHWC float, metadata.json
+  yolov8_seg_nchw_int8.tflite  the same full integer: NCHW int8 input, head [1, 39, 84] and prototypes [1, 32, 16, 16] int8
+  yolov8_seg_transposed.tflite head [1, 84, 39] + prototypes [1, 16, 16, 32], labels.txt attached, no metadata
+  yolo_end2end_seg.tflite      end-to-end YOLO-seg: [1, 10, 38] (x1, y1, x2, y2, score, class, 32 coefficients) + prototypes
+  yolov8_seg_bad_protos.tflite bad input: prototypes [1, 16, 16, 16] beside a head with 32 coefficients per box
+  yolov8_seg_bad_size.tflite   bad input: prototypes [1, 10, 10, 32], no whole fraction of the 64x64 input
 With --mediapipe-wheel WHEEL (from `pip download mediapipe==0.10.14 --no-deps`), also copies MediaPipe's
 face_detection_short_range.tflite and selfie_segmentation.tflite out of the wheel (Apache-2.0).
 With --bench DIR, writes yolov8n_320_layout.tflite ([1, 3, 320, 320] -> [1, 84, 2100], as YOLOv8n at 320)
-into DIR for `edge-agent bench`; it is not committed (2 MB).
+and yolov8n_seg_320_layout.tflite / yolov8n_seg_640_layout.tflite (YOLOv8n-seg's outputs at 320 and 640:
+[1, 116, 2100] + [1, 80, 80, 32], [1, 116, 8400] + [1, 160, 160, 32]) into DIR for `edge-agent bench`;
+they are not committed (2 to 8 MB).
 
 Run with the test venv (TensorFlow, this package):  .venv/bin/python models/make_layout_models.py
 The planted values are the constants below; tests/test_decode_*.py compute their expectations from them.
@@ -73,6 +81,24 @@ POSE_ANCHOR = 20  # the YOLO-pose box: cx, cy, w, h, score, then FIGURE's keypoi
 POSE_BOX = (0.50, 0.50, 0.40, 0.90, 0.90)
 SEG_SIZE = 32
 SEG_REGIONS = ((1, 8, 16, 4, 12), (2, 20, 28, 16, 30))  # class, rows y0:y1, cols x0:x1 of the 32x32 map
+
+# YOLO-seg: the YOLO boxes plus one more that reaches into the letterbox padding (rows 0-7 of the input for
+# a 4:3 frame), each followed by 32 mask coefficients; prototypes are 32 maps of 16x16 (1/4 of the input)
+SEG_BOXES = YOLO_BOXES + ((60, 1, 0.85, 0.12, 0.20, 0.20, 0.60),)
+SEG_PROTO = SIZE // 4
+SEG_COEFFICIENTS = 32
+SEG_LOGIT = 6.0  # inside a planted region; -6 outside, so each mask edge falls on a prototype pixel's edge
+# per prototype channel: rectangles (rows y0:y1, cols x0:x1 of the 16x16 map) and the logit they add
+SEG_PROTOTYPES = {
+    0: ((2, 8, 2, 5, 2 * SEG_LOGIT),),  # box 10's: input rows 8-31, cols 8-19 (its box crops it)
+    1: ((7, 12, 6, 11, 2 * SEG_LOGIT),),  # box 40's, minus channel 2's hole
+    2: ((8, 10, 9, 11, 2 * SEG_LOGIT),),  # the hole: input rows 32-39, cols 36-43
+    3: ((9, 12, 7, 12, 2 * SEG_LOGIT),),  # box 42's: overlaps box 40's mask
+    4: ((0, 16, 0, 16, 2 * SEG_LOGIT),),  # everywhere: box 41 (NMS drops it) and box 60 (its box is its mask)
+}
+# per box index: coefficient per prototype channel (every other one 0); channel 5 is -6 everywhere, the bias
+SEG_BIAS_CHANNEL = 5
+SEG_BOX_COEFFICIENTS = {10: {0: 1.0}, 40: {1: 1.0, 2: -1.0}, 41: {4: 1.0}, 42: {3: 1.0}, 60: {4: 1.0}, 70: {0: 1.0}}
 
 ULTRALYTICS_METADATA = {
     "description": "edge-agent layout test model", "author": "edge-agent", "version": "8.4.0",
@@ -159,6 +185,56 @@ def segmentation_values() -> tuple[np.ndarray, np.ndarray]:
     return logits, np.zeros_like(logits)
 
 
+def seg_prototypes(channels: int = SEG_COEFFICIENTS, size: int = SEG_PROTO) -> np.ndarray:
+    """[size, size, channels]: the planted regions, a -6 bias channel and noise on the channels no box uses.
+
+    A mask's logit is sum(coefficient x prototype): the bias channel (coefficient 1) puts -6 everywhere
+    and each region adds 12, so pixels are +6 inside and -6 outside (and inside a hole, 6 - 12)."""
+    protos = np.random.default_rng(7).normal(0, 1, (size, size, channels)).astype(np.float32)
+    protos[..., : SEG_BIAS_CHANNEL + 1] = 0.0
+    protos[..., SEG_BIAS_CHANNEL] = -SEG_LOGIT
+    for channel, regions in SEG_PROTOTYPES.items():
+        for y0, y1, x0, x1, value in regions:
+            protos[y0:y1, x0:x1, channel] += value
+    return protos
+
+
+def yolo_seg_values(channels_first: bool = True, coefficients: int = SEG_COEFFICIENTS) -> tuple[np.ndarray, np.ndarray]:
+    """(bias, red weight) for the head [1, 4 + nc + nm, N] (or [1, N, 4 + nc + nm])."""
+    nc = len(NAMES)
+    bias, red = np.zeros((4 + nc + coefficients, GRID), np.float32), np.zeros((4 + nc + coefficients, GRID), np.float32)
+    for index, class_id, cx, cy, w, h, score in SEG_BOXES:
+        bias[:4, index] = cx, cy, w, h
+        if score is None:
+            red[4 + class_id, index] = 1.0
+        else:
+            bias[4 + class_id, index] = score
+        bias[4 + nc + SEG_BIAS_CHANNEL, index] = 1.0
+        for channel, value in SEG_BOX_COEFFICIENTS[index].items():
+            bias[4 + nc + channel, index] = value
+    return (bias, red) if channels_first else (bias.T.copy(), red.T.copy())
+
+
+def end2end_seg_values() -> tuple[np.ndarray, np.ndarray]:
+    """[K, 6 + nm]: the rows NMS keeps (box 41 is gone), x1, y1, x2, y2, score, class, coefficients."""
+    bias, red = np.zeros((END2END_ROWS, 6 + SEG_COEFFICIENTS), np.float32), np.zeros((END2END_ROWS, 6 + SEG_COEFFICIENTS), np.float32)
+    row = 0
+    for index, class_id, cx, cy, w, h, score in SEG_BOXES:
+        if index == 41:
+            continue
+        bias[row, :4] = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        bias[row, 5] = class_id
+        if score is None:
+            red[row, 4] = 1.0
+        else:
+            bias[row, 4] = score
+        bias[row, 6 + SEG_BIAS_CHANNEL] = 1.0
+        for channel, value in SEG_BOX_COEFFICIENTS[index].items():
+            bias[row, 6 + channel] = value
+        row += 1
+    return bias, red
+
+
 # --------------------------------------------------------------------------------------------------
 def planted_function(bias: np.ndarray, red: np.ndarray, channels_first: bool, finish=None):
     """A tf function image -> bias + red x (red channel mean), shaped like `bias`."""
@@ -171,6 +247,31 @@ def planted_function(bias: np.ndarray, red: np.ndarray, channels_first: bool, fi
         red_mean = tf.reduce_mean(nhwc[..., 0], axis=[1, 2])  # [1]
         out = bias_t + red_t * tf.reshape(red_mean, [1] + [1] * bias.ndim)
         return finish(out) if finish else out
+
+    return model
+
+
+def planted_seg_function(head: tuple[np.ndarray, np.ndarray], protos: np.ndarray, channels_first: bool,
+                         protos_channels_first: bool, protos_first: bool):
+    """A tf function image -> (head, prototypes), or (prototypes, head) when `protos_first`: two outputs
+    in that order, as Ultralytics' TFLite files list them either way."""
+    import tensorflow as tf
+
+    head_fn = planted_function(*head, channels_first)
+    protos_t = tf.constant(protos[None])
+    height, width, channels = protos.shape
+
+    def model(image):
+        nhwc = tf.transpose(image, [0, 2, 3, 1]) if channels_first else image
+        red_mean = tf.reduce_mean(nhwc[..., 0], axis=[1, 2])
+        # the last channel (no box uses it) adds the red mean: with no input in them, the converter would fold
+        # the prototypes into a constant output and leave it unquantised in a full-integer model
+        red_plane = tf.pad(tf.fill([1, height, width, 1], red_mean[0]), [[0, 0], [0, 0], [0, 0], [channels - 1, 0]])
+        maps = protos_t + red_plane
+        if protos_channels_first:
+            maps = tf.transpose(maps, [0, 3, 1, 2])
+        boxes = head_fn(image)
+        return (maps, boxes) if protos_first else (boxes, maps)
 
     return model
 
@@ -217,6 +318,10 @@ def build_models() -> dict[str, tuple[bytes, str]]:
     e2e_meta = {"task": "detect", "names": names_dict(NAMES), "args": {"nms": True}, "end2end": True}
     pose_meta = {"task": "pose", "names": {0: "person"}, "kpt_shape": [17, 3], "args": {"nms": False}}
     planted = "planted boxes (models/make_layout_models.py YOLO_BOXES; box 10 scores the red mean)"
+    segment = {"task": "segment", "names": names_dict(NAMES), "args": {"nms": False}}
+    seg_e2e = {"task": "segment", "names": names_dict(NAMES), "args": {"nms": True}, "end2end": True}
+    seg_planted = "planted boxes and masks (models/make_layout_models.py SEG_BOXES, SEG_PROTOTYPES)"
+    protos = seg_prototypes()
     return {
         "yolov8_float.tflite": (
             with_ultralytics_metadata(convert(planted_function(*v8, False), False), **detect),
@@ -263,6 +368,36 @@ def build_models() -> dict[str, tuple[bytes, str]]:
             convert(planted_function(*segmentation_values(), False, finish=lambda x: tf.cast(
                 tf.argmax(x, axis=-1), tf.int32)), False),
             "segmentation layout [1, 32, 32] int32 class ids (argmax inside the model), same regions."),
+        "yolov8_seg_float.tflite": (
+            with_ultralytics_metadata(convert(planted_seg_function(yolo_seg_values(), protos, False, False, True),
+                                              False), **segment),
+            f"YOLOv8-seg layout, prototypes [1, 16, 16, 32] listed first, head [1, 39, 84] float (4 + 3 classes + 32 "
+            f"mask coefficients), NHWC float input, {seg_planted}, Ultralytics metadata.json (task segment)."),
+        "yolov8_seg_nchw_int8.tflite": (
+            with_ultralytics_metadata(convert(planted_seg_function(yolo_seg_values(), protos, True, True, False),
+                                              True, int8=True), **segment),
+            f"YOLOv8-seg layout full integer: NCHW int8 input [1, 3, 64, 64], int8 head [1, 39, 84] and int8 prototypes "
+            f"[1, 32, 16, 16] (channels first, as LiteRT exports), {seg_planted}, Ultralytics metadata.json."),
+        "yolov8_seg_transposed.tflite": (
+            attach_files(convert(planted_seg_function(yolo_seg_values(False), protos, False, False, False), False),
+                         {LABELS_FILE: labels_file_bytes(list(NAMES))}),
+            f"YOLOv8-seg transposed head [1, 84, 39] + prototypes [1, 16, 16, 32] float, NHWC input, {seg_planted}, "
+            "labels.txt attached, no metadata."),
+        "yolo_end2end_seg.tflite": (
+            with_ultralytics_metadata(convert(planted_seg_function(end2end_seg_values(), protos, False, False, False),
+                                              False), **seg_e2e),
+            f"end-to-end YOLO-seg [1, 10, 38] (x1, y1, x2, y2, score, class, 32 coefficients; zero rows after the "
+            f"5 kept) + prototypes [1, 16, 16, 32] float, NHWC input, {seg_planted}, metadata.json with nms."),
+        "yolov8_seg_bad_protos.tflite": (
+            with_ultralytics_metadata(convert(planted_seg_function(yolo_seg_values(), protos[..., :16], False, False,
+                                                                   False), False), **segment),
+            "bad input: a YOLOv8-seg head [1, 39, 84] (32 coefficients per box) beside prototypes [1, 16, 16, 16], "
+            "Ultralytics metadata.json (3 names)."),
+        "yolov8_seg_bad_size.tflite": (
+            with_ultralytics_metadata(convert(planted_seg_function(yolo_seg_values(), protos[:10, :10], False, False,
+                                                                   False), False), **segment),
+            "bad input: a YOLOv8-seg head [1, 39, 84] beside prototypes [1, 10, 10, 32] (64 / 10 is no whole number), "
+            "Ultralytics metadata.json."),
     }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from edge_agent.config import ANCHOR_PRESETS, DEFAULT_THRESHOLD
 from edge_agent.decode.anchors import AnchorSsdDecoder
 from edge_agent.decode.classification import ClassificationDecoder
-from edge_agent.decode.common import DecodeError
+from edge_agent.decode.common import DecodeError, label_for
 from edge_agent.decode.description import ModelDescription
 from edge_agent.decode.layouts import LayoutMatch
 from edge_agent.decode.options import DecodeOptions
@@ -18,6 +18,7 @@ from edge_agent.decode.raw import RawDecoder
 from edge_agent.decode.segmentation import SegmentationDecoder
 from edge_agent.decode.ssd import SsdDecoder, ssd_order_from_roles
 from edge_agent.decode.yolo import YoloDecoder
+from edge_agent.decode.yolo_seg import YoloSegDecoder
 from edge_agent.records import Decoded
 
 DEFAULT_IOU = 0.45  # Ultralytics' default
@@ -46,16 +47,20 @@ def make_decoder(match: LayoutMatch, description: ModelDescription, options: Dec
         limits = label_limits(options, labels, threshold)
         decoder = SsdDecoder(order, [o.name for o in outputs], labels, min([threshold, *limits.values()]), options.max_detections)
         return _per_label(decoder, limits, threshold), labels
-    if match.layout in ("yolo-v8", "yolo-v5", "yolo-end2end"):
-        layout = match.params["yolo"]
+    if match.layout in ("yolo-v8", "yolo-v5", "yolo-end2end", "yolo-seg"):
+        layout, seg = match.params["yolo"], match.params.get("seg")
+        head = outputs[seg.head_index] if seg else outputs[0]
         if layout.classes:
             labels = _fit_class_labels(labels, layout.classes, description,
-                                       f"output {list(outputs[0].shape)} holds", f" ({match.layout} layout)")
+                                       f"output {list(head.shape)} holds", f" ({match.layout} layout)")
         count = layout.classes or (len(labels) if labels else 0)
         thresholds = class_thresholds(options, labels, count, threshold)
-        decoder = YoloDecoder(layout, outputs[0].quant, outputs[0].dtype,
-                              (description.input_height, description.input_width), labels, thresholds, threshold,
+        input_size = (description.input_height, description.input_width)
+        decoder = YoloDecoder(layout, head.quant, head.dtype, input_size, labels, thresholds, threshold,
                               options.iou if options.iou is not None else DEFAULT_IOU, options.max_detections)
+        if seg:  # the same boxes, and a mask for each one kept
+            names = [label_for(labels, c) for c in range(count)]
+            decoder = YoloSegDecoder(decoder, seg, head.quant, outputs[seg.protos_index].quant, input_size, names)
         return decoder, labels
     if match.layout.startswith("segmentation-"):
         params = dict(match.params)

@@ -35,6 +35,8 @@ KNOWN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
     ("yolo-v8", "detection", "one output [1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores (YOLOv8/v11)"),
     ("yolo-v5", "detection", "one output [1, N, 5+nc]: cx, cy, w, h, objectness, nc class scores (YOLOv5)"),
     ("yolo-end2end", "detection", "one output [1, K, 6]: x1, y1, x2, y2, score, class (NMS inside the model)"),
+    ("yolo-seg", "detection", "2 outputs: [1, 4+nc+nm, N] (or [1, N, 4+nc+nm]; end-to-end [1, K, 6+nm]) box rows ending in "
+     "nm mask coefficients, and mask prototypes [1, H/4, W/4, nm] (or [1, nm, H/4, W/4]) (YOLOv8/v11-seg)"),
     ("anchor-ssd", "detection", "2 outputs: box regressors [1, N, num_coords] and scores [1, N, classes], decoded against "
      "anchors from [anchors] or a preset (MediaPipe BlazeFace, palm detection)"),
     ("movenet-single", "pose", "one output [1, 1, 17, 3]: y, x, score per COCO keypoint (MoveNet Lightning/Thunder)"),
@@ -212,11 +214,12 @@ def _yolo_match(description: ModelDescription, output: TensorInfo, layout: YoloL
 
 
 def _box_units(description: ModelDescription, output: TensorInfo, layout: YoloLayout,
-               options: DecodeOptions) -> tuple[bool, str]:
-    """Normalised or pixel boxes, decided from the model once (never from a frame's values)."""
+               options: DecodeOptions, range_tells: bool = True) -> tuple[bool, str]:
+    """Normalised or pixel boxes, decided from the model once (never from a frame's values).
+    `range_tells`: an int8 output's range is its boxes' (not when mask coefficients share the tensor)."""
     if options.box_units != "auto":
         return options.box_units == "pixels", f"in {options.box_units} units (box_units)"
-    if output.quantized:
+    if output.quantized and range_tells:
         info = np.iinfo(output.dtype)
         largest = (info.max - output.zero_point) * output.scale
         if largest > 2.0:  # coordinates in 0..1 need no range beyond it; pixel coordinates do
@@ -340,6 +343,85 @@ def _pose(description: ModelDescription, options: DecodeOptions, labels_count, e
                        f"score(s), {keypoints} keypoints (YOLO-pose); boxes {units_why}", {"pose": layout, "names": names})
 
 
+def _yolo_seg(description: ModelDescription, options: DecodeOptions, labels_count, explicit: bool) -> LayoutMatch:
+    from edge_agent.decode.yolo_seg import YoloSegLayout
+
+    outputs = description.outputs
+    if len(outputs) != 2:
+        raise _NoMatch(f"needs 2 outputs (boxes with mask coefficients, mask prototypes), the model has {len(outputs)}")
+    export = description.export
+    if export.task and export.task != "segment":
+        raise _NoMatch(f"the model's metadata says its task is {export.task!r}, not instance segmentation")
+    segment = export.task == "segment"
+    shapes = description.output_shapes
+    if sorted(len(o.shape) for o in outputs) != [3, 4]:
+        message = f"the outputs {shapes} are not a head [1, C, N] and mask prototypes [1, h, w, nm] or [1, nm, h, w]"
+        if segment:
+            raise DecodeError(f"{description.name}'s metadata says instance segmentation, but {message}")
+        raise _NoMatch(message)
+
+    def refuse(message: str) -> LayoutMatch:
+        """The outputs have YOLO-seg's form but not its numbers: an error when the model or task says segmentation."""
+        if segment or explicit:
+            raise DecodeError(f"{description.name} cannot be decoded as YOLO instance segmentation: {message}. "
+                              'Use the file as Ultralytics exported it (format=tflite), or task = "raw"')
+        raise _NoMatch(message)
+
+    protos_index = 0 if len(outputs[0].shape) == 4 else 1
+    head, protos = outputs[1 - protos_index], outputs[protos_index]
+    head_shape, protos_shape = list(head.shape), list(protos.shape)
+    height, width = description.input_height, description.input_width
+    if head_shape[0] != 1 or protos_shape[0] != 1 or not height:
+        return refuse(f"the outputs {shapes} are not batch 1 (or the input {list(description.input.shape)} is no image)")
+    readings = [(False, *protos_shape[1:]), (True, protos_shape[2], protos_shape[3], protos_shape[1])]
+    if description.input_layout == "nchw":  # LiteRT exports (NCHW input) keep PyTorch's [1, nm, h, w]
+        readings.reverse()
+    fitting = [(first, h, w, c) for first, h, w, c in readings if h and w and height % h == 0 and width % w == 0
+               and height // h == width // w]
+    if not fitting:
+        return refuse(f"the mask prototypes {protos_shape} are not maps of the {height}x{width} input at a whole "
+                      f"fraction of its size (Ultralytics: [1, {height // 4}, {width // 4}, 32])")
+    protos_first, mask_h, mask_w, coefficients = fitting[0]
+    grid = yolo_grid_sizes(height, width)
+    a, b = head_shape[1], head_shape[2]
+    # an end-to-end head is [1, K, 6 + nm] (K kept boxes, not a grid size); else the grid size N says where the boxes are
+    end2end = export.end2end is True or (export.end2end is None and b - coefficients == END2END_VALUES and a not in grid)
+    channels_first = not end2end and (b in grid or (a not in grid and a < b))
+    channels, boxes = (a, b) if channels_first else (b, a)
+    orientation = "[1, C, N]" if channels_first else "[1, N, C]"
+    where = (f"mask prototypes {protos_shape}: {coefficients} maps of {mask_h}x{mask_w}, 1/{height // mask_h} of the "
+             f"{height}x{width} input" + (", channels first" if protos_first else ""))
+    if end2end:
+        if channels != END2END_VALUES + coefficients:
+            return refuse(f"an end-to-end head holds 6 + {coefficients} values per box for the mask prototypes "
+                          f"{protos_shape} ({coefficients} channels), but the output {head_shape} holds {channels}")
+        layout = YoloLayout("end2end", False, 0, boxes, False)
+        what = f"x1, y1, x2, y2, score, class + {coefficients} mask coefficients (NMS inside the model)"
+    else:
+        classes = channels - 4 - coefficients
+        named = export.class_count
+        if named and named != classes:
+            return refuse(f"the mask prototypes {protos_shape} have {coefficients} channels and the metadata names "
+                          f"{named} classes, so each box should hold 4 + {named} + {coefficients} = "
+                          f"{4 + named + coefficients} values, but the output {head_shape} holds {channels} (that is "
+                          f"{channels - 4 - named} mask coefficients for {coefficients} prototypes, or {classes} classes "
+                          f"for {named} names): the two outputs and the metadata are not of one model")
+        if classes < 1:
+            return refuse(f"the output {head_shape} holds {channels} values per box: no room for 4 box values, a class "
+                          f"and the {coefficients} mask coefficients the prototypes {protos_shape} call for")
+        if not (boxes in grid or segment or explicit or labels_count == classes):
+            raise _NoMatch(f"{head_shape} has no YOLO grid size for a {height}x{width} input "
+                           f"({', '.join(map(str, sorted(grid)))}) and nothing else says it is YOLO-seg")
+        layout = YoloLayout("v8", channels_first, classes, boxes, False)
+        what = f"cx, cy, w, h + {classes} class scores + {coefficients} mask coefficients (YOLOv8/v11-seg)"
+    pixel, units_why = _box_units(description, head, layout, options, range_tells=False)
+    layout = YoloLayout(layout.kind, layout.channels_first, layout.classes, layout.boxes, pixel)
+    seg = YoloSegLayout(1 - protos_index, protos_index, protos_first, mask_h, mask_w, coefficients,
+                        END2END_VALUES if end2end else 4 + layout.classes, height // mask_h)
+    return LayoutMatch("yolo-seg", "detection", f"outputs {head_shape} = {orientation}: {what}, and {where}; "
+                       f"boxes {units_why}", {"yolo": layout, "seg": seg})
+
+
 MAX_SEGMENTATION_CLASSES = 1024
 
 
@@ -390,6 +472,7 @@ _FAMILIES: list[tuple[str, str, Callable[..., LayoutMatch]]] = [
     ("anchor-ssd", "detection", _anchor_ssd),
     ("pose", "pose", _pose),
     ("yolo", "detection", _yolo),
+    ("yolo-seg", "detection", _yolo_seg),
     ("segmentation", "segmentation", _segmentation),
     ("classification", "classification", _classification),
 ]

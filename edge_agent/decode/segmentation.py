@@ -47,17 +47,10 @@ class SegmentationDecoder:
         return np.where(foreground, 0, NO_CLASS).astype(np.int16)
 
     def _frame_region(self, box_transform) -> tuple[slice, slice]:
-        """The rows and columns of the map whose pixel centres fall inside the frame (cached per geometry)."""
+        """frame_region, cached per geometry."""
         region = self._regions.get(box_transform)
         if region is None:
-            ay, by, ax, bx = box_transform
-
-            def span(count: int, a: float, b: float) -> slice:
-                centres = (np.arange(count) + 0.5) / count * a + b
-                inside = np.flatnonzero((centres >= 0) & (centres <= 1))
-                return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
-
-            region = self._regions[box_transform] = (span(self.height, ay, by), span(self.width, ax, bx))
+            region = self._regions[box_transform] = frame_region(self.height, self.width, box_transform)
         return region
 
     def __call__(self, outputs: Sequence[np.ndarray], box_transform) -> Decoded:
@@ -84,6 +77,19 @@ class SegmentationDecoder:
                 segments.append(Segment(int(class_id), self._names[class_id], coverage, tuple(float(v) for v in box)))
         mask = SegmentationMask(class_map, self._names, box_transform)
         return Decoded(segments=tuple(segments), mask=mask)
+
+
+def frame_region(height: int, width: int, box_transform: tuple[float, float, float, float]) -> tuple[slice, slice]:
+    """The rows and columns of a [height, width] map over the model input whose pixel centres fall
+    inside the frame (letterbox padding and what a crop cut off are outside)."""
+    ay, by, ax, bx = box_transform
+
+    def span(count: int, a: float, b: float) -> slice:
+        centres = (np.arange(count) + 0.5) / count * a + b
+        inside = np.flatnonzero((centres >= 0) & (centres <= 1))
+        return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+
+    return span(height, ay, by), span(width, ax, bx)
 
 
 def map_fits_input(height: int, width: int, input_height: int, input_width: int) -> bool:

@@ -8,7 +8,8 @@ Boxes are normalised to the model input (TFLite exports) or in input pixels, as 
 
 Per frame the work stays proportional to the candidates: the best class score of every box is
 compared with the threshold in the output's own dtype (int8 stays int8), and only the boxes that
-pass are dequantised, converted and suppressed.
+pass are dequantised, converted and suppressed. `keep` returns the boxes kept with the head rows they
+came from (KeptBoxes), which is how yolo_seg.py reads the mask coefficients of those boxes only.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ class YoloLayout:
         return 5 if self.kind == "v5" else 4
 
 
+@dataclass(frozen=True)
+class KeptBoxes:
+    """What a YOLO head keeps of one frame after thresholds and NMS, best first, still in model terms.
+
+    `rows` says where each kept box sits in the head, so a head with more values per box than
+    these (instance segmentation's mask coefficients) reads them for the kept boxes only.
+    """
+
+    rows: np.ndarray  # [K] indices into the head's rows
+    boxes: np.ndarray  # [K, 4] ymin, xmin, ymax, xmax normalised to the model input
+    scores: np.ndarray  # [K]
+    class_ids: np.ndarray  # [K]
+
+
 class YoloDecoder:
     """Decodes one YOLO output into detections in frame coordinates."""
 
@@ -63,18 +78,48 @@ class YoloDecoder:
         self._zero_point = np.float32(quant.zero_point)
 
     def __call__(self, outputs: Sequence[np.ndarray], box_transform: tuple[float, float, float, float]) -> Decoded:
-        head = outputs[0][0]
-        rows = head.T if self.layout.channels_first else head  # [N, C], a view
-        if self.layout.kind == "end2end":
-            return self._end2end(rows, box_transform)
-        return self._dense(rows, box_transform)
+        kept = self.keep(self.rows(outputs[0]))
+        if kept is None:
+            return _NO_DETECTIONS
+        return Decoded(detections=self.detections(kept, box_transform))
+
+    def rows(self, head: np.ndarray) -> np.ndarray:
+        """The head [1, C, N] or [1, N, C] as [N, C] rows (a view, nothing copied)."""
+        return head[0].T if self.layout.channels_first else head[0]
+
+    def keep(self, rows: np.ndarray) -> KeptBoxes | None:
+        """The boxes that pass the thresholds and NMS (None: none do)."""
+        found = self._end2end(rows) if self.layout.kind == "end2end" else self._dense(rows)
+        if found is None:
+            return None
+        candidates, boxes, scores, class_ids, suppress = found
+        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        if not finite.all():  # a NaN from a broken model must not become "NaN" in a JSON payload
+            candidates, boxes, scores, class_ids = candidates[finite], boxes[finite], scores[finite], class_ids[finite]
+        if suppress:
+            keep = class_aware_nms(boxes, scores, class_ids, self.iou, self.max_detections)
+        else:
+            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
+        if keep.size == 0:
+            return None
+        return KeptBoxes(candidates[keep], boxes[keep], scores[keep], class_ids[keep])
+
+    def detections(self, kept: KeptBoxes, box_transform: tuple[float, float, float, float],
+                   coverages: Sequence[float] | None = None) -> tuple[Detection, ...]:
+        """The kept boxes as Detections in frame coordinates (with each mask's coverage when given)."""
+        frame_boxes = boxes_to_frame(kept.boxes, box_transform)
+        shares = coverages if coverages is not None else [None] * len(frame_boxes)
+        return tuple(
+            Detection(int(class_id), label_for(self.labels, int(class_id)), float(score), as_box(box), coverage=share)
+            for class_id, score, box, share in zip(kept.class_ids, kept.scores, frame_boxes, shares)
+        )
 
     def _real(self, stored: np.ndarray) -> np.ndarray:
         if self._scale is None:
             return stored.astype(np.float32, copy=False)
         return (stored.astype(np.float32) - self._zero_point) * self._scale
 
-    def _dense(self, rows: np.ndarray, box_transform) -> Decoded:
+    def _dense(self, rows: np.ndarray):
         first = self.layout.score_offset
         class_scores = rows[:, first:first + self.layout.classes]
         if self.layout.kind == "v5":
@@ -83,7 +128,7 @@ class YoloDecoder:
             gate = class_scores.max(axis=1)
         candidates = np.flatnonzero(gate >= self._stored_threshold)
         if candidates.size == 0:
-            return _NO_DETECTIONS
+            return None
         if candidates.size > MAX_NMS_CANDIDATES:
             candidates = candidates[np.argpartition(gate[candidates], -MAX_NMS_CANDIDATES)[-MAX_NMS_CANDIDATES:]]
         chosen = self._real(class_scores[candidates])
@@ -93,7 +138,7 @@ class YoloDecoder:
             scores = scores * self._real(gate[candidates])
         passed = scores >= self._thresholds[class_ids]
         if not passed.any():
-            return _NO_DETECTIONS
+            return None
         candidates, class_ids, scores = candidates[passed], class_ids[passed], scores[passed]
         xywh = self._real(rows[candidates, :4])
         boxes = np.empty_like(xywh)
@@ -102,13 +147,13 @@ class YoloDecoder:
         boxes[:, 2] = xywh[:, 1] + xywh[:, 3] / 2
         boxes[:, 3] = xywh[:, 0] + xywh[:, 2] / 2
         boxes *= self._per_unit
-        return self._finish(boxes, scores, class_ids, box_transform, suppress=True)
+        return candidates, boxes, scores, class_ids, True
 
-    def _end2end(self, rows: np.ndarray, box_transform) -> Decoded:
+    def _end2end(self, rows: np.ndarray):
         scores_stored = rows[:, 4]
         candidates = np.flatnonzero(scores_stored >= self._stored_threshold)
         if candidates.size == 0:
-            return _NO_DETECTIONS
+            return None
         values = self._real(rows[candidates, :6])
         scores = values[:, 4]
         # class ids are values here: anything not a small whole number (NaN, -3, 1e9) is no class
@@ -120,22 +165,7 @@ class YoloDecoder:
         limits[listed] = self._thresholds[class_ids[listed]]
         passed = valid & (scores >= limits)
         if not passed.any():
-            return _NO_DETECTIONS
-        values, scores, class_ids = values[passed], scores[passed], class_ids[passed]
+            return None
+        candidates, values, scores, class_ids = candidates[passed], values[passed], scores[passed], class_ids[passed]
         boxes = values[:, [1, 0, 3, 2]] * self._per_unit  # x1, y1, x2, y2 -> ymin, xmin, ymax, xmax
-        return self._finish(boxes, scores, class_ids, box_transform, suppress=False)
-
-    def _finish(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, box_transform,
-                suppress: bool) -> Decoded:
-        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-        if not finite.all():  # a NaN from a broken model must not become "NaN" in a JSON payload
-            boxes, scores, class_ids = boxes[finite], scores[finite], class_ids[finite]
-        if suppress:
-            keep = class_aware_nms(boxes, scores, class_ids, self.iou, self.max_detections)
-        else:
-            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
-        frame_boxes = boxes_to_frame(boxes[keep], box_transform)
-        return Decoded(detections=tuple(
-            Detection(int(class_ids[i]), label_for(self.labels, int(class_ids[i])), float(scores[i]), as_box(box))
-            for i, box in zip(keep, frame_boxes)
-        ))
+        return candidates, boxes, scores, class_ids, False
