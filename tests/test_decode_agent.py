@@ -1,4 +1,5 @@
-"""The real agent (a child process) running detection, face-with-keypoints, pose and segmentation pipelines
+"""The real agent (a child process) running detection, face-with-keypoints, pose, segmentation and instance
+segmentation pipelines
 from one config file, on a video written with OpenCV and a real photo: what it publishes per frame."""
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ model = "{models}/selfie_segmentation.tflite"
 runtime = "litert"
 source = {{ uri = "{photo}", loop = true }}
 max_frames = 2
+sinks = ["stdout"]
+
+[pipelines.instances]
+model = "{models}/yolov8_seg_float.tflite"
+source = "{video}"
 sinks = ["stdout"]
 
 [pipelines.yolo.thresholds]
@@ -103,3 +109,18 @@ def test_segmentation_pipeline_publishes_segments_and_no_mask(run):
     assert segment["label"] == "selfie" and 0.3 < segment["coverage"] < 0.8
     assert "mask" not in message and len(json.dumps(message)) < 2000
     assert np.isfinite(segment["box"]).all()
+
+
+def test_instance_segmentation_pipeline_publishes_tracked_detections_with_coverage_and_no_mask(run):
+    messages, log = run
+    instances = messages["instances"]
+    assert len(instances) == 6 and all(m["task"] == "detection" for m in instances)
+    red, blue = instances[0]["detections"], instances[-1]["detections"]
+    assert [d["label"] for d in red] == ["green", "red", "blue", "green"] and [d["label"] for d in blue] == ["green", "blue", "green"]
+    assert all(0 < d["coverage"] < 0.1 for d in red + blue)
+    assert "mask" not in instances[0] and len(json.dumps(instances[0])) < 1200
+    # tracked as yolo-v8's detections are: the green box keeps its track id over all six frames
+    green = [m["detections"][0] for m in instances]
+    assert all(d["label"] == "green" for d in green) and green[0].get("track_id") is not None
+    assert {d["track_id"] for d in green} == {green[0]["track_id"]}
+    assert "yolov8_seg_float: yolo-seg layout" in log

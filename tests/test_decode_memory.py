@@ -17,6 +17,7 @@ FRAMES = 400
 
 @pytest.mark.parametrize("name, runtime", [
     ("yolov8_float", "auto"), ("yolov8_nchw_int8", "auto"), ("yolo_end2end", "auto"), ("face_detection_short_range", "auto"),
+    ("yolov8_seg_float", "auto"), ("yolov8_seg_nchw_int8", "auto"),
     ("yolov8_pose_layout", "auto"), ("movenet_single_layout", "auto"), ("segmentation_scores", "auto"),
     ("selfie_segmentation", "litert"),
 ])

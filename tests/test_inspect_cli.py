@@ -142,3 +142,15 @@ def test_inspect_for_a_task_that_cannot_decode_the_model_explains_why():
     assert report["task"] == "detection"  # what auto would pick still shows
     assert "movenet-single" in report["layout"]["error"]
     assert inspect_json(MODELS / "yolov8_float.tflite", "--task", "raw")["layout"]["layout"] == "raw"
+
+
+def test_yolo_seg_report_names_the_layout_the_prototypes_and_what_does_not_fit():
+    report = inspect_json(MODELS / "yolov8_seg_float.tflite")
+    layout = report["layout"]
+    assert report["task"] == "detection" and layout["layout"] == "yolo-seg"
+    assert "3 class scores + 32 mask coefficients" in layout["why"] and "mask prototypes [1, 16, 16, 32]" in layout["why"]
+    assert any(line.startswith("layout    yolo-seg: outputs [1, 39, 84]")
+               for line in inspect(MODELS / "yolov8_seg_float.tflite").stdout.splitlines())
+    bad = inspect_json(MODELS / "yolov8_seg_bad_protos.tflite")["layout"]
+    assert bad["layout"] is None and "4 + 3 + 16 = 23 values" in bad["error"]
+    assert any(known.startswith("yolo-seg (detection)") for known in bad["known_layouts"])

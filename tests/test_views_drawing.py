@@ -172,6 +172,31 @@ def test_a_mask_follows_the_models_box_transform_onto_the_frame():
     assert not tinted[:, : W // 2 - 1].any() and tinted[:, W // 2 + 1:].all()
 
 
+def test_a_snapshot_of_an_instance_segmentation_shows_each_mask_over_its_object():
+    """A real yolo-seg decode (tests/model_files/yolov8_seg_float.tflite, a 4:3 frame letterboxed into its 64x64
+    input) drawn as a snapshot: each instance's mask tinted in its class's colour, the rest of its box clear."""
+    from decode_support import RED as FRAME_RED, active_model, decode_frame, solid_frame
+    from edge_agent.config import PreprocessOptions
+
+    frame = solid_frame(120, 160, FRAME_RED)
+    decoded = decode_frame(active_model("yolov8_seg_float", preprocess=PreprocessOptions()), frame)
+    assert [d.label for d in decoded.detections] == ["green", "red", "blue", "green"] and decoded.mask is not None
+    picture = decoded_jpeg(render(frame, decoded, height=240))  # 2 picture pixels per frame pixel
+    # frame pixel = (input pixel - 8 rows of padding) x 2.5, so picture pixel = (input pixel - 8) x 5
+    def at(input_row: float, input_col: float) -> np.ndarray:
+        return picture[int((input_row - 8) * 5), int(input_col * 5)]
+
+    def tinted(class_id: int) -> tuple[int, int, int]:
+        return tuple(int(v) for v in np.array(FRAME_RED) * 0.55 + np.array(class_colour(class_id)) * 0.45)
+
+    assert near(at(20, 15), tinted(0), 30), "the red box's mask (input rows 10-28, cols 10-19)"
+    assert near(at(20, 21.5), FRAME_RED, 30), "its box goes on to col 22; the mask does not"
+    assert near(at(42, 32), tinted(1), 30), "the green box's mask"
+    assert near(at(34, 40), FRAME_RED, 30), "the hole in the green mask (input rows 32-35 there)"
+    assert near(at(42, 46), tinted(2), 30), "the blue box's mask beside the green one it lies under"
+    assert near(at(45, 5), FRAME_RED, 30) and near(at(52, 60), FRAME_RED, 30), "no mask outside the boxes"
+
+
 def test_zones_and_the_top_classes():
     frame = np.zeros((H, W, 3), np.uint8)
     zones = (("driveway", ((0.1, 0.5), (0.9, 0.5), (0.9, 0.95), (0.1, 0.95))),)
