@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import zipfile
@@ -427,6 +428,42 @@ def bench_model() -> bytes:
     return with_ultralytics_metadata(converted, task="detect", imgsz=[320, 320], names=names_dict(f"class{i}" for i in range(classes)))
 
 
+def bench_seg_model(size: int) -> bytes:
+    """YOLOv8n-seg's outputs at `size` from an NHWC [1, size, size, 3] float input (onnx2tf style): the head
+    [1, 116, N] with 30 planted boxes in 10 overlapping clusters (10 survive NMS, each 0.2 x 0.2 of the
+    input) and low-score noise, random mask coefficients, and random prototypes [1, size/4, size/4, 32]
+    smoothed like real ones, so each kept box's mask covers part of it."""
+    import cv2
+    import tensorflow as tf
+
+    rng = np.random.default_rng(size)
+    boxes = sum(math.ceil(size / s) ** 2 for s in (8, 16, 32))
+    classes, coefficients = 80, 32
+    head = np.zeros((4 + classes + coefficients, boxes), np.float32)
+    head[:4] = rng.random((4, boxes)) * [[1], [1], [0.3], [0.3]]
+    head[4:4 + classes] = rng.random((classes, boxes)) * 0.3  # noise below the default threshold
+    head[4 + classes:] = rng.normal(0, 1, (coefficients, boxes))
+    for cluster in range(10):
+        centre = rng.random(2) * 0.8 + 0.1
+        for member in range(3):
+            index = rng.integers(boxes)
+            head[:4, index] = *(centre + rng.normal(0, 0.01, 2)), 0.2, 0.2
+            head[4 + cluster % classes, index] = 0.6 + 0.1 * member
+    side = size // 4
+    noise = rng.normal(0, 1, (side, side, coefficients)).astype(np.float32)
+    protos = np.stack([cv2.GaussianBlur(noise[..., c], (0, 0), 3) for c in range(coefficients)], axis=-1) * 3
+    head_t, protos_t = tf.constant(head[None]), tf.constant(protos[None])
+
+    def model(image):
+        mean = tf.reduce_mean(image)
+        return protos_t + 0.0 * mean, head_t + 0.0 * mean
+
+    concrete = tf.function(model, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")]).get_concrete_function()
+    converted = tf.lite.TFLiteConverter.from_concrete_functions([concrete]).convert()
+    return with_ultralytics_metadata(converted, task="segment", imgsz=[size, size],
+                                     names=names_dict(f"class{i}" for i in range(classes)))
+
+
 def copy_mediapipe(wheel: Path, out: Path) -> dict[str, str]:
     members = {
         "face_detection_short_range.tflite": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
@@ -520,6 +557,9 @@ def main(argv=None) -> int:
         args.bench.mkdir(parents=True, exist_ok=True)
         write_file_atomically(args.bench / "yolov8n_320_layout.tflite", bench_model())
         print(f"wrote {args.bench / 'yolov8n_320_layout.tflite'}")
+        for size in (320, 640):
+            write_file_atomically(args.bench / f"yolov8n_seg_{size}_layout.tflite", bench_seg_model(size))
+            print(f"wrote {args.bench / f'yolov8n_seg_{size}_layout.tflite'}")
     for name in descriptions:
         print(f"{(out / name).stat().st_size:8d}  {name}  {checks.get(name)}")
     return 0
