@@ -8,7 +8,8 @@ from edge_agent.decode.classification import classify
 from edge_agent.decode.common import DecodeError, Quantization, dequantize, label_for
 from edge_agent.decode.description import ExportFacts, ModelDescription, TensorInfo
 from edge_agent.decode.factory import ClassCountError, Decoder, make_decoder
-from edge_agent.decode.layouts import KNOWN_LAYOUTS, LayoutMatch, explain_layout, match_layout
+from edge_agent.decode.layout_match import LayoutMatch
+from edge_agent.decode.layouts import KNOWN_LAYOUTS, explain_layout, match_layout
 from edge_agent.decode.options import BOX_UNITS, DecodeOptions
 from edge_agent.decode.raw import RAW_FULL_VALUES_MAX, summarize_raw
 from edge_agent.decode.ssd import SsdOutputOrder, decode_ssd, find_ssd_outputs, ssd_order_from_roles

@@ -11,7 +11,7 @@ from edge_agent.decode.anchors import AnchorSsdDecoder
 from edge_agent.decode.classification import ClassificationDecoder
 from edge_agent.decode.common import DecodeError, label_for
 from edge_agent.decode.description import ModelDescription
-from edge_agent.decode.layouts import LayoutMatch
+from edge_agent.decode.layout_match import LayoutMatch
 from edge_agent.decode.options import DecodeOptions
 from edge_agent.decode.pose import MoveNetMultiDecoder, MoveNetSingleDecoder, YoloPoseDecoder
 from edge_agent.decode.raw import RawDecoder
