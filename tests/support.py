@@ -142,11 +142,13 @@ class Broker:
 class Collector:
     """A real paho subscriber that records every message it receives."""
 
-    def __init__(self, broker: Broker, topics: list[str]):
+    def __init__(self, broker: Broker, topics: list[str], client_id: str = "", clean_session: bool = True):
+        """`client_id` with `clean_session=False`: a session the broker keeps (and queues for) while it is away."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"collector-{time.monotonic_ns()}")
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"collector-{time.monotonic_ns()}", clean_session=clean_session)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from support import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, wait_until, write_config
+from support import DEMO, DEMO_MODEL, DEMO_TRUTH, DEMO_VIDEO, MODELS, Broker, Collector, wait_until, write_config
 
 PREDICTION_FIELDS = {"device", "pipeline", "seq", "ts", "frame", "model", "latency_ms", "task", "classes"}
 
@@ -80,17 +80,30 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path, session_broker, collect
     assert wait_until(lambda: collector.payloads("/termtest/status")[-1:] == [b"offline"], 5)
 
 
-def test_broker_unreachable_at_start_keeps_running_and_delivers_later(tmp_path, broker, collect, agent_process):
+def test_broker_unreachable_at_start_keeps_running_and_delivers_later(tmp_path, agent_process):
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", persistence=True).start()
+    # the subscriber's session exists before the agent does, so the broker queues for it from the
+    # agent's first message on, however soon after the broker's return the agent gets in
+    Collector(broker, ["edge/latebroker/#"], client_id="late-collector", clean_session=False).stop()
+    broker.stop()
     config = demo_config(tmp_path, broker, "latebroker", 'max_fps = 20\nmax_frames = 40\n')
     agent = agent_process("run", "--config", config)
-    assert wait_until(lambda: "connecting to MQTT broker" in agent.stderr, 20)
-    assert agent.process.poll() is None, "the agent must not exit while the broker is away"
-    broker.start()
-    collector = collect(broker, ["edge/latebroker/#"])
-    assert agent.wait(60) == 0, agent.stderr
-    # paho keeps QoS 1 messages in memory until the broker is back: all 40 arrive in order
-    assert wait_until(lambda: len(collector.payloads("/digits/predictions")) == 40, 15)
-    assert [p["seq"] for p in collector.json("/digits/predictions")] == list(range(1, 41))
+    try:
+        assert wait_until(lambda: "connecting to MQTT broker" in agent.stderr, 20)
+        assert agent.process.poll() is None, "the agent must not exit while the broker is away"
+        broker.start()
+        assert agent.wait(60) == 0, agent.stderr
+        collector = Collector(broker, ["edge/latebroker/#"], client_id="late-collector", clean_session=False)
+        try:
+            # paho keeps QoS 1 messages in memory until the broker is back: all 40 arrive in order
+            assert wait_until(lambda: len(collector.payloads("/digits/predictions")) == 40, 15), \
+                len(collector.payloads("/digits/predictions"))
+            assert [p["seq"] for p in collector.json("/digits/predictions")] == list(range(1, 41))
+        finally:
+            collector.stop()
+    finally:
+        broker.stop()
 
 
 def test_detection_pipeline_publishes_boxes(tmp_path, session_broker, collect, agent_process):
